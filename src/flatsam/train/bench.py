@@ -96,6 +96,29 @@ def with_common_rho(spec: MethodSpec, rho: float | None) -> MethodSpec:
     return MethodSpec(spec.name, {**spec.options, "rho": rho}, spec.label)
 
 
+#: Prefix of the method-spec options that change the run's configuration instead of the method, e.g.
+#: ``ausam-2x=ausam:train.epochs=60`` (AUSAM for twice the epochs) or ``train.batch_size=256``.
+CONFIG_PREFIX = "train."
+
+
+_NOT_PER_METHOD = {"method", "method_options", "label", "run_dir", "seed"}
+
+
+def split_overrides(spec: MethodSpec, config: TrainConfig) -> tuple[MethodSpec, TrainConfig]:
+    """Move the ``train.``-prefixed options of ``spec`` into a copy of ``config`` (checked by name here
+    and by the configuration's own validation)."""
+    allowed = set(config.to_dict()) - _NOT_PER_METHOD
+    changes = {k[len(CONFIG_PREFIX) :]: v for k, v in spec.options.items() if k.startswith(CONFIG_PREFIX)}
+    bad = sorted(set(changes) - allowed)
+    if bad:
+        raise ValueError(
+            f"method spec {spec.label!r}: {CONFIG_PREFIX}{bad[0]} is not a run setting a method may change; "
+            f"valid: {', '.join(sorted(allowed))}"
+        )
+    method_options = {k: v for k, v in spec.options.items() if not k.startswith(CONFIG_PREFIX)}
+    return MethodSpec(spec.name, method_options, spec.label), config.replace(**changes)
+
+
 def _folder_name(label: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.=-]+", "_", label)
 
@@ -114,7 +137,8 @@ def run_bench(
     """Train every method for every seed (seeds outermost, so methods interleave in time), skipping runs
     already finished when ``resume``; then write the report into ``out``."""
     for spec in methods:
-        method_info(spec.name)  # fail on a bad name before any training
+        method_info(spec.name)  # fail on a bad name or setting before any training
+        split_overrides(spec, config)
     labels = [spec.label for spec in methods]
     if len(set(labels)) != len(labels):
         raise ValueError(f"method labels must be distinct, got {labels}; name variants as label=method:opts")
@@ -126,7 +150,8 @@ def run_bench(
         bar.set_postfix(run=run_dir.name)
         if resume and (run_dir / records.RESULT).exists():
             continue
-        cfg = config.replace(
+        spec, run_config = split_overrides(spec, config)
+        cfg = run_config.replace(
             method=spec.name,
             method_options=dict(spec.options),
             label=spec.label,

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from flatsam.train import records
+from flatsam.train import analysis, records
 
 
 @dataclass
@@ -144,13 +144,73 @@ def markdown_table(rows: Sequence[Summary]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def csv_text(rows: Sequence[Summary]) -> str:
+BUDGET_COLUMNS = [
+    "method",
+    "drift, last 20 % of epochs (max over seeds)",
+    "acc % at SGD's time",
+    "acc % at SGD's cost",
+    "time to SAM − 0.5 (s)",
+]
+
+
+def _percent(value: float | None) -> str:
+    return "–" if value is None else f"{100 * value:.2f}"
+
+
+def budget_table(rows: Sequence[analysis.Budgeted]) -> str:
+    """Markdown: convergence drift and the equal-budget view of every method."""
+    lines = ["| " + " | ".join(BUDGET_COLUMNS) + " |", "|" + "---|" * len(BUDGET_COLUMNS)]
+    for r in rows:
+        if r.time_to_target is not None:
+            reach = f"{r.time_to_target:.1f}"
+        else:
+            reach = f"not reached ({r.reached}/{r.seeds} seeds)"
+        cells = [
+            r.label,
+            _percent(r.drift_max),
+            _percent(r.acc_at_sgd_time),
+            _percent(r.acc_at_sgd_cost),
+            reach,
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def verdict_lines(ref: analysis.Verdict, rows: Sequence[analysis.Budgeted]) -> str:
+    """The header lines that say whether this set of runs can decide the question."""
+    lines = []
+    if ref.margin is not None:
+        state = "decisive" if ref.decisive else "NOT decisive"
+        lines.append(
+            f"- SAM over SGD: {100 * ref.margin:+.2f} points (needs > {100 * ref.margin_needed:.2f}: "
+            f"{analysis.MARGIN_STDS:g} × the larger seed std, at least {100 * analysis.MARGIN_MIN:g})"
+            f" — {state}"
+        )
+    drifts = [f"{r.label} {_percent(r.drift_max)}" for r in rows]
+    if drifts:
+        lines.append(
+            f"- convergence drift (test-accuracy range over the last {100 * analysis.TAIL:g} % of epochs, "
+            f"points, max over seeds): " + ", ".join(drifts)
+        )
+    if ref.target is not None:
+        lines.append(
+            f"- target (SAM's final accuracy − {100 * analysis.TARGET_SLACK:g}): {100 * ref.target:.2f} %"
+        )
+    return "".join(line + "\n" for line in lines)
+
+
+def csv_text(rows: Sequence[Summary], budget: Sequence[analysis.Budgeted]) -> str:
+    """One line per method: the summary's fields, then the equal-budget ones."""
     out = io.StringIO()
-    fields = list(Summary.__dataclass_fields__)
+    extra = [f for f in analysis.Budgeted.__dataclass_fields__ if f not in ("label", "seeds")]
+    fields = list(Summary.__dataclass_fields__) + extra
+    by_label = {b.label: b for b in budget}
     writer = csv.DictWriter(out, fieldnames=fields, lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        writer.writerow({k: getattr(row, k) for k in fields})
+        values = {k: getattr(row, k) for k in Summary.__dataclass_fields__}
+        values.update({k: getattr(by_label[row.label], k) for k in extra})
+        writer.writerow(values)
     return out.getvalue()
 
 
@@ -191,9 +251,17 @@ def _finish(plt, fig, ax, path: Path, xlabel: str, ylabel: str, title: str, lege
     return path
 
 
-def plot_accuracy_vs_time(runs: Sequence[RunRecord], path: Path) -> Path:
+def _reference_lines(ax, target: float | None, budget: float | None, budget_name: str) -> None:
+    """SAM's target as a horizontal line and SGD's budget as a vertical one, where known."""
+    if target is not None:
+        ax.axhline(100 * target, color="0.35", ls=":", lw=1, label="SAM − 0.5 (target)")
+    if budget is not None:
+        ax.axvline(budget, color="0.35", ls="--", lw=1, label=budget_name)
+
+
+def plot_accuracy_vs_time(runs: Sequence[RunRecord], path: Path, ref: analysis.Verdict | None = None) -> Path:
     """Test accuracy after each evaluated epoch against cumulative training wall-clock, mean over seeds
-    with a min–max band."""
+    with a min–max band; SAM's target and SGD's wall-clock as reference lines."""
     groups = group(runs)
     plt, fig, ax = _axes(len(groups))
     for label, members in groups.items():
@@ -205,6 +273,8 @@ def plot_accuracy_vs_time(runs: Sequence[RunRecord], path: Path) -> Path:
         ax.fill_between(
             t, [100 * v for v in lows], [100 * v for v in highs], color=line.get_color(), alpha=0.12
         )
+    if ref is not None:
+        _reference_lines(ax, ref.target, ref.sgd_time, "SGD's wall-clock")
     return _finish(
         plt,
         fig,
@@ -217,9 +287,12 @@ def plot_accuracy_vs_time(runs: Sequence[RunRecord], path: Path) -> Path:
     )
 
 
-def plot_accuracy_vs_cost(rows: Sequence[Summary], path: Path) -> Path:
-    """Final test accuracy (mean ± std) against effective cost in SGD passes."""
+def plot_accuracy_vs_cost(rows: Sequence[Summary], path: Path, ref: analysis.Verdict | None = None) -> Path:
+    """Final test accuracy (mean ± std) against effective cost in SGD passes; SAM's target and SGD's
+    cost (1.0) as reference lines."""
     plt, fig, ax = _axes(len(rows))
+    if ref is not None:
+        _reference_lines(ax, ref.target, 1.0 if ref.sgd_effective is not None else None, "SGD's cost")
     for r in rows:
         ax.errorbar(r.cost_mean, 100 * r.acc_mean, yerr=100 * r.acc_std, fmt="o", capsize=3, label=r.label)
         ax.annotate(
@@ -273,26 +346,41 @@ def describe_setup(runs: Sequence[RunRecord]) -> str:
 def write_report(
     runs: Sequence[RunRecord], out: Path, *, title: str = "flatsam results", command: str | None = None
 ) -> dict[str, Path]:
-    """Write ``results.md``, ``results.csv`` and the two PNG plots into ``out``."""
+    """Write ``results.md`` (verdict lines, the main table, the equal-budget table), ``results.csv`` and
+    the two PNG plots into ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     rows = summarize(runs)
+    groups = group(runs)
+    ref = analysis.verdict(groups)
+    budget = [analysis.budgeted(label, members, ref) for label, members in groups.items()]
     paths = {
         "csv": out / "results.csv",
         "md": out / "results.md",
-        "time_plot": plot_accuracy_vs_time(runs, out / "accuracy_vs_time.png"),
-        "cost_plot": plot_accuracy_vs_cost(rows, out / "accuracy_vs_cost.png"),
+        "time_plot": plot_accuracy_vs_time(runs, out / "accuracy_vs_time.png", ref),
+        "cost_plot": plot_accuracy_vs_cost(rows, out / "accuracy_vs_cost.png", ref),
     }
-    records.atomic_write(paths["csv"], lambda f: f.write(csv_text(rows).encode()))
+    records.atomic_write(paths["csv"], lambda f: f.write(csv_text(rows, budget).encode()))
     text = [f"# {title}\n", describe_setup(runs)]
     if command:
         text.append(f"- command: `{command}`\n")
     text += [
+        verdict_lines(ref, budget),
         "\n",
         markdown_table(rows),
         "\n",
         "Speedups are ratios of mean training wall-clock measured in this set of runs (evaluation "
         "excluded); effective cost counts samples through forward and backward (a backward weighs two "
         "forwards) relative to SGD.\n\n",
+        "## At equal budgets\n\n",
+        budget_table(budget),
+        "\n",
+        "Drift: range of test accuracy over the evaluated epochs of the last 20 % of the run, the largest "
+        "over seeds (≤ 0.3 points counts as converged). Accuracy at SGD's time / cost: read off each run's "
+        "per-epoch curve at the mean training time / effective samples of SGD's runs (linear interpolation; "
+        "a run that finished within the budget counts with its final accuracy) — a point inside a longer "
+        "run comes before its learning rate has decayed, so it understates a run planned for that budget. "
+        "Time to target: training time at the first evaluated epoch reaching SAM's final mean accuracy − "
+        "0.5 points, mean over seeds when every seed reaches it.\n\n",
         "![accuracy vs time](accuracy_vs_time.png)\n\n![accuracy vs cost](accuracy_vs_cost.png)\n",
     ]
     records.atomic_write(paths["md"], lambda f: f.write("".join(text).encode()))

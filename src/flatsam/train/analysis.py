@@ -1,0 +1,168 @@
+"""What a set of benchmark runs can decide: convergence, SAM's margin over SGD, accuracy at equal
+budgets (SGD's wall-clock, SGD's effective cost) and time to SAM's accuracy.
+
+Every figure comes from the per-epoch records (``metrics.jsonl``) of finished runs. An accuracy "at a
+budget" is read off the run's curve of test accuracy against cumulative training time (or effective
+cost) by linear interpolation between evaluated epochs; a run that finished within the budget counts
+with its final accuracy. Such a point of a longer run lies before its learning rate has decayed, so
+it understates what a run *planned* for that budget reaches: a suite can add such runs with a
+``train.epochs=`` override (see :func:`flatsam.train.bench.split_overrides`).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+#: Fraction of the epochs at the end of a run over which convergence drift is measured.
+TAIL = 0.2
+#: A method "reaches" SAM when its test accuracy is at least SAM's final mean minus this (points / 100).
+TARGET_SLACK = 0.005
+#: SAM's lead over SGD decides a question only when it exceeds this many seed standard deviations…
+MARGIN_STDS = 3.0
+#: … and this many points (as a fraction).
+MARGIN_MIN = 0.03
+
+
+class Run(Protocol):
+    """What the analysis needs of a run (``flatsam.train.report.RunRecord`` has it)."""
+
+    label: str
+    result: dict[str, Any]
+    metrics: list[dict[str, Any]]
+
+
+def evaluated(run: Run) -> list[dict[str, Any]]:
+    """The run's per-epoch rows that hold a test accuracy, in epoch order."""
+    return [row for row in run.metrics if row.get("test_acc") is not None]
+
+
+def effective_samples(row: dict[str, Any]) -> float:
+    """Cumulative forward + 2 × backward samples of a per-epoch row (SGD: 3 per training sample)."""
+    return row["forward_samples"] + 2 * row["backward_samples"]
+
+
+def drift(run: Run, tail: float = TAIL) -> float | None:
+    """Range (max − min) of test accuracy over the evaluated epochs in the last ``tail`` of the run's
+    epochs; ``None`` when fewer than two evaluations fall there."""
+    epochs = int(run.result.get("epochs") or len(run.metrics))
+    first = epochs - max(1, math.ceil(tail * epochs))
+    accs = [row["test_acc"] for row in evaluated(run) if row["epoch"] >= first]
+    return max(accs) - min(accs) if len(accs) >= 2 else None
+
+
+def value_at(run: Run, x: Callable[[dict[str, Any]], float], budget: float) -> float | None:
+    """Test accuracy at ``budget`` on the curve (x(row), test_acc) of the evaluated epochs: linear
+    interpolation inside the curve, the final accuracy past its end, ``None`` before its first point."""
+    points = [(x(row), row["test_acc"]) for row in evaluated(run)]
+    if not points or budget < points[0][0]:
+        return None
+    for (x0, y0), (x1, y1) in zip(points, points[1:], strict=False):
+        if x0 <= budget <= x1:
+            return y0 if x1 == x0 else y0 + (y1 - y0) * (budget - x0) / (x1 - x0)
+    return points[-1][1]
+
+
+def time_to(run: Run, target: float) -> float | None:
+    """Training wall-clock at the first evaluated epoch with test accuracy ≥ ``target`` (else ``None``)."""
+    return next((row["train_time"] for row in evaluated(run) if row["test_acc"] >= target), None)
+
+
+def _mean(values: Sequence[float]) -> float | None:
+    return statistics.fmean(values) if values else None
+
+
+def _std(values: Sequence[float]) -> float:
+    return statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+@dataclass
+class Budgeted:
+    """One method's figures at equal budgets (means over its seeds; ``None`` where undefined)."""
+
+    label: str
+    drift_max: float | None
+    acc_at_sgd_time: float | None
+    acc_at_sgd_cost: float | None
+    time_to_target: float | None
+    reached: int
+    seeds: int
+
+
+@dataclass
+class Verdict:
+    """What the reference runs say about the setting itself."""
+
+    sam_label: str | None
+    sgd_label: str | None
+    sam_acc: float | None = None
+    sgd_acc: float | None = None
+    margin: float | None = None
+    margin_needed: float | None = None
+    target: float | None = None
+    sgd_time: float | None = None
+    sgd_effective: float | None = None
+
+    @property
+    def decisive(self) -> bool:
+        return self.margin is not None and self.margin > (self.margin_needed or 0.0)
+
+
+def reference_label(groups: dict[str, Sequence[Run]], method: str) -> str | None:
+    """The label of the reference runs of ``method``: the group labelled exactly so, else the only group
+    of that method without options."""
+    if method in groups:
+        return method
+    plain = [
+        label
+        for label, runs in groups.items()
+        if runs[0].result.get("method") == method and not getattr(runs[0], "config", {}).get("method_options")
+    ]
+    return plain[0] if len(plain) == 1 else None
+
+
+def verdict(groups: dict[str, Sequence[Run]]) -> Verdict:
+    """SAM's margin over SGD (mean final accuracy), the margin a decision needs (the larger of
+    ``MARGIN_MIN`` and ``MARGIN_STDS`` × the larger seed std), the target (SAM − ``TARGET_SLACK``) and
+    SGD's budgets (mean training time, mean effective samples)."""
+    sam, sgd = reference_label(groups, "sam"), reference_label(groups, "sgd")
+    out = Verdict(sam, sgd)
+    if sam is not None:
+        accs = [r.result["final_test_acc"] for r in groups[sam]]
+        out.sam_acc, out.target = statistics.fmean(accs), statistics.fmean(accs) - TARGET_SLACK
+    if sgd is not None:
+        runs = groups[sgd]
+        out.sgd_acc = statistics.fmean(r.result["final_test_acc"] for r in runs)
+        out.sgd_time = statistics.fmean(r.result["train_time"] for r in runs)
+        out.sgd_effective = statistics.fmean(effective_samples(r.metrics[-1]) for r in runs)
+    if sam is not None and sgd is not None:
+        spread = max(_std([r.result["final_test_acc"] for r in groups[k]]) for k in (sam, sgd))
+        out.margin = out.sam_acc - out.sgd_acc
+        out.margin_needed = max(MARGIN_MIN, MARGIN_STDS * spread)
+    return out
+
+
+def budgeted(label: str, runs: Sequence[Run], ref: Verdict) -> Budgeted:
+    """Drift, accuracy at SGD's time and cost, and time to target of one method's runs."""
+    drifts = [d for d in map(drift, runs) if d is not None]
+
+    def at(x: Callable[[dict[str, Any]], float], budget: float | None) -> float | None:
+        if budget is None:
+            return None
+        values = [value_at(run, x, budget) for run in runs]
+        return None if None in values else statistics.fmean(values)
+
+    times = [] if ref.target is None else [time_to(run, ref.target) for run in runs]
+    hits = [t for t in times if t is not None]
+    return Budgeted(
+        label,
+        max(drifts) if drifts else None,
+        at(lambda row: row["train_time"], ref.sgd_time),
+        at(effective_samples, ref.sgd_effective),
+        _mean(hits) if len(hits) == len(runs) else None,
+        len(hits),
+        len(runs),
+    )
