@@ -3,12 +3,21 @@ comparison, checkpoint round trips and the small models the engine tests use."""
 
 from __future__ import annotations
 
+import contextlib
 import io
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+import flatsam.engine
+from flatsam.losses import cross_entropy
+from reference import Problem, bn_mlp, tiny_mlp
 
 LR, MOMENTUM, WD = 0.1, 0.9, 1e-3
 KW = dict(lr=LR, momentum=MOMENTUM, weight_decay=WD)
@@ -38,12 +47,85 @@ def batches(n: int, batch: int, epochs: int, seed: int = 3) -> list[list[torch.T
     return [list(torch.randperm(n, generator=g).split(batch)) for _ in range(epochs)]
 
 
-def assert_matches(model: nn.Module, opt: torch.optim.Optimizer, w_ref, ref_opt) -> None:
-    """Weights and SGD momentum buffers equal a transcription's, to float64 rounding."""
+def assert_matches(
+    model: nn.Module, opt: torch.optim.Optimizer, w_ref, ref_opt, problem: Problem | None = None
+) -> None:
+    """Weights, SGD momentum buffers and (given the transcription's ``problem``) the BatchNorm running
+    statistics equal a transcription's, to float64 rounding."""
     for p, w in zip(model.parameters(), w_ref, strict=True):
         torch.testing.assert_close(p.detach(), w, rtol=1e-10, atol=1e-12)
     for p, b in zip(model.parameters(), ref_opt.buf, strict=True):
         torch.testing.assert_close(opt.state[p]["momentum_buffer"], b, rtol=1e-10, atol=1e-12)
+    if problem is not None:
+        mine = dict(model.named_buffers())
+        assert mine.keys() == problem.buffers.keys()
+        for name, b in problem.buffers.items():
+            torch.testing.assert_close(mine[name], b, rtol=1e-10, atol=1e-12, msg=f"buffer {name}")
+
+
+@dataclass(frozen=True)
+class Setting:
+    """Model and loss of a reference test: the BatchNorm-free MLP with plain cross-entropy, or an MLP
+    with BatchNorm in train mode and label smoothing (flatsam's loss in the closure, the written-out
+    one in the transcription)."""
+
+    name: str
+    batchnorm: bool = False
+    smoothing: float = 0.0
+    form: str = "torch"
+
+    def model(self, seed: int = 0) -> nn.Module:
+        return bn_mlp(seed) if self.batchnorm else tiny_mlp(seed)
+
+    def problem(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Problem:
+        return Problem(model, x, y, self.smoothing, self.form)
+
+    def closure(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor):
+        return lambda rows: cross_entropy(model(x[idx[rows]]), y[idx[rows]], self.smoothing, self.form)  # type: ignore[arg-type]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+PLAIN = Setting("plain")
+BN_AUTHORS = Setting("bn-smoothing-authors", batchnorm=True, smoothing=0.1, form="authors")
+BN_TORCH = Setting("bn-smoothing-torch", batchnorm=True, smoothing=0.1, form="torch")
+SETTINGS = [PLAIN, BN_AUTHORS]
+
+
+# -- mutants of the engine's BatchNorm handling: the reference tests must catch each -----------------------
+
+
+@contextlib.contextmanager
+def _bn_eval_in_later_passes(model: nn.Module | None) -> Iterator[None]:
+    """Mutant: the passes after the first run BatchNorm in eval mode (running statistics)."""
+    layers = [] if model is None else [m for m in model.modules() if isinstance(m, _BatchNorm)]
+    for layer in layers:
+        layer.eval()
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer.train()
+
+
+def _bn_stats_updated_again(model: nn.Module | None) -> contextlib.AbstractContextManager:
+    """Mutant: every pass of a step updates the running statistics."""
+    return contextlib.nullcontext()
+
+
+BN_MUTANTS: dict[str, Callable[[nn.Module | None], contextlib.AbstractContextManager]] = {
+    "eval-mode-in-later-passes": _bn_eval_in_later_passes,
+    "statistics-updated-twice": _bn_stats_updated_again,
+}
+
+
+def assert_fails_under_mutant(mutant: str, monkeypatch: pytest.MonkeyPatch, check: Callable[[], Any]) -> None:
+    """``check`` (a reference comparison that passes on the real engine) fails once the engine's
+    BatchNorm helper is replaced by the mutant."""
+    monkeypatch.setattr(flatsam.engine, "running_stats_frozen", BN_MUTANTS[mutant])
+    with pytest.raises(AssertionError):
+        check()
 
 
 def same(a: Any, b: Any) -> bool:

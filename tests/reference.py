@@ -20,6 +20,14 @@ def tiny_mlp(seed: int = 0, inputs: int = 5, hidden: int = 7, classes: int = 3) 
     return nn.Sequential(nn.Linear(inputs, hidden), nn.Tanh(), nn.Linear(hidden, classes)).double()
 
 
+def bn_mlp(seed: int = 0, inputs: int = 5, hidden: int = 7, classes: int = 3) -> nn.Module:
+    """The tiny MLP with a BatchNorm layer (train mode, running statistics tracked)."""
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Linear(inputs, hidden), nn.BatchNorm1d(hidden), nn.Tanh(), nn.Linear(hidden, classes)
+    ).double()
+
+
 def toy_data(
     n: int = 24, inputs: int = 5, classes: int = 3, seed: int = 1
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -29,12 +37,39 @@ def toy_data(
     )
 
 
-class Problem:
-    """Per-sample cross-entropy of ``model`` on (X, Y), evaluated at explicit weights."""
+def smoothed_cross_entropy(logits: torch.Tensor, y: torch.Tensor, eps: float, form: str) -> torch.Tensor:
+    """−Σ_k q_k log p_k per row, q written out class by class: ``torch`` gives ε/K to every class on
+    top of (1 − ε) on the true one; ``authors`` (AUSAM's smooth_crossentropy) 1 − ε to the true class
+    and ε/(K − 1) to each other."""
+    classes = logits.shape[1]
 
-    def __init__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
-        self.model, self.x, self.y = model, x, y
+    def q(label: int, k: int) -> float:
+        if form == "torch":
+            return (1 - eps if k == label else 0.0) + eps / classes
+        return 1 - eps if k == label else eps / (classes - 1)
+
+    targets = torch.tensor([[q(int(label), k) for k in range(classes)] for label in y], dtype=logits.dtype)
+    return -(targets * torch.log_softmax(logits, dim=1)).sum(dim=1)
+
+
+class Problem:
+    """Per-sample (label-smoothed) cross-entropy of ``model`` on (X, Y), evaluated at explicit weights.
+
+    A model with BatchNorm runs in train mode (batch statistics in every forward). Its running
+    statistics live in ``buffers``; only the first forward after ``new_step()`` updates them (the
+    engine's documented policy: the first forward of a step), later forwards work on a throw-away copy.
+    """
+
+    def __init__(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, smoothing: float = 0.0, form: str = "torch"
+    ) -> None:
+        self.model, self.x, self.y, self.smoothing, self.form = model, x, y, smoothing, form
         self.names = [n for n, _ in model.named_parameters()]
+        self.buffers = {n: b.detach().clone() for n, b in model.named_buffers()}
+        self.fresh = True
+
+    def new_step(self) -> None:
+        self.fresh = True
 
     def weights(self) -> list[torch.Tensor]:
         return [p.detach().clone() for p in self.model.parameters()]
@@ -43,8 +78,14 @@ class Problem:
         self, w: list[torch.Tensor], idx: torch.Tensor, weights: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         leaves = [t.detach().clone().requires_grad_() for t in w]
-        out = functional_call(self.model, dict(zip(self.names, leaves, strict=True)), (self.x[idx],))
-        per_sample = F.cross_entropy(out, self.y[idx], reduction="none")
+        buffers = self.buffers if self.fresh else {n: b.clone() for n, b in self.buffers.items()}
+        self.fresh = False
+        state = {**dict(zip(self.names, leaves, strict=True)), **buffers}
+        out = functional_call(self.model, state, (self.x[idx],))
+        if self.smoothing:
+            per_sample = smoothed_cross_entropy(out, self.y[idx], self.smoothing, self.form)
+        else:
+            per_sample = F.cross_entropy(out, self.y[idx], reduction="none")
         total = per_sample.mean() if weights is None else (per_sample * weights).mean()
         grads = torch.autograd.grad(total, leaves)
         return per_sample.detach(), list(grads)
@@ -88,6 +129,7 @@ def sharpness_aware_step(
     problem: Problem, opt: MomentumSGD, w: list[torch.Tensor], idx: torch.Tensor, epsilon
 ) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
     """Clean gradient on idx, perturb by epsilon(w, g), gradient at w+ε on idx, base step at w."""
+    problem.new_step()
     l0, g = problem.losses_and_grads(w, idx)
     e = epsilon(w, g)
     l1, g_sam = problem.losses_and_grads([wi + ei for wi, ei in zip(w, e, strict=True)], idx)

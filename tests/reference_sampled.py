@@ -54,6 +54,7 @@ class ReferenceESAM:
         self.descent_sizes: list[int] = []
 
     def step(self, w: list[torch.Tensor], idx: torch.Tensor) -> list[torch.Tensor]:
+        self.problem.new_step()
         excluded = list(self.excluded)
         if all(excluded):
             excluded = [False] * len(excluded)
@@ -93,6 +94,7 @@ class ReferenceKSAM:
         self.problem, self.opt, self.rho, self.keep = problem, opt, rho, keep
 
     def step(self, w: list[torch.Tensor], idx: torch.Tensor) -> list[torch.Tensor]:
+        self.problem.new_step()
         scores, _ = self.problem.losses_and_grads(w, idx)
         rows = top_positions(scores, max(1, math.floor(self.keep * len(idx))))
         sub = idx[rows]
@@ -114,6 +116,7 @@ class ReferenceMicroBatchSAM:
         self.noise_gen = torch.Generator().manual_seed(seed + 1)
 
     def step(self, w: list[torch.Tensor], idx: torch.Tensor) -> list[torch.Tensor]:
+        self.problem.new_step()
         rows = torch.randperm(len(idx), generator=self.rows_gen)[: min(self.m, len(idx))]
         _, g = self.problem.losses_and_grads(w, idx[rows])
         d = sum(gi.numel() for gi in g)
@@ -130,14 +133,21 @@ class ReferenceMicroBatchSAM:
 
 
 class ReferenceUniform:
-    """Both SAM passes on the first ⌊keep·B⌋ entries of a randperm of the batch positions."""
+    """Epochs < warmup: SAM on every row (AUSAM's warm-up). Later: both SAM passes on the first ⌊keep·B⌋
+    entries of a randperm of the batch positions."""
 
-    def __init__(self, problem: Problem, opt: MomentumSGD, rho: float, keep: float, seed: int) -> None:
-        self.problem, self.opt, self.rho, self.keep = problem, opt, rho, keep
+    def __init__(
+        self, problem: Problem, opt: MomentumSGD, rho: float, keep: float, warmup: int, seed: int
+    ) -> None:
+        self.problem, self.opt, self.rho, self.keep, self.warmup = problem, opt, rho, keep, warmup
         self.gen = torch.Generator().manual_seed(seed)
 
-    def step(self, w: list[torch.Tensor], idx: torch.Tensor) -> list[torch.Tensor]:
-        rows = torch.randperm(len(idx), generator=self.gen)[: max(1, math.floor(self.keep * len(idx)))]
+    def step(self, w: list[torch.Tensor], epoch: int, idx: torch.Tensor) -> list[torch.Tensor]:
+        self.problem.new_step()
+        if epoch < self.warmup:
+            rows = torch.arange(len(idx))
+        else:
+            rows = torch.randperm(len(idx), generator=self.gen)[: max(1, math.floor(self.keep * len(idx)))]
         sub = idx[rows]
         _, g = self.problem.losses_and_grads(w, sub)
         _, g_sam = self.problem.losses_and_grads(plus(w, sam_epsilon(g, self.rho)), sub)
@@ -145,6 +155,59 @@ class ReferenceUniform:
 
 
 class ReferenceInfoBatch:
+    """InfoBatch as the official code (NUS-HPC-AI-Lab/InfoBatch ``infobatch/infobatch.py``:
+    ``IBSampler.reset``, ``InfoBatch.prune``, ``InfoBatch.update``) around SAM.
+
+    Scores (float32, all 3 at first) = last clean loss per dataset index. At each epoch start the
+    sampler's count is epoch + 1 (its constructor already reset once); while that count ≤ delta·epochs:
+    well learned = scores < scores.mean(); of those, int(keep·n) drawn without replacement (a randperm
+    of the generator in place of np.random.choice) get weight 1/keep, every other weight is 1; the
+    epoch visits the not-well-learned and the drawn samples only (in the order of the test's permutation,
+    in place of np.random.shuffle). Other epochs visit every sample with weight 1. Each step: both SAM
+    passes on every row of the batch, loss mean(w·ℓ); scores[batch] ← the clean per-sample losses.
+    """
+
+    def __init__(
+        self,
+        problem: Problem,
+        opt: MomentumSGD,
+        n: int,
+        epochs: int,
+        rho: float,
+        prune_ratio: float,
+        delta: float,
+        seed: int,
+    ) -> None:
+        self.problem, self.opt, self.rho = problem, opt, rho
+        self.n, self.epochs, self.keep, self.delta = n, epochs, 1.0 - prune_ratio, delta
+        self.scores = torch.full((n,), 3.0)
+        self.weights = torch.ones(n)
+        self.gen = torch.Generator().manual_seed(seed)
+
+    def epoch_order(self, epoch: int, permutation: torch.Tensor) -> torch.Tensor:
+        iterations = epoch + 1
+        if iterations > self.epochs * self.delta:
+            self.weights = torch.ones(self.n)
+            return permutation
+        well = [i for i in range(self.n) if bool(self.scores[i] < self.scores.mean())]
+        draw = torch.randperm(len(well), generator=self.gen)[: int(self.keep * len(well))]
+        selected = {well[int(j)] for j in draw}
+        self.weights = torch.ones(self.n)
+        for i in selected:
+            self.weights[i] = 1 / self.keep
+        remained = {i for i in range(self.n) if i not in well} | selected
+        return torch.tensor([int(i) for i in permutation if int(i) in remained], dtype=torch.long)
+
+    def step(self, w: list[torch.Tensor], idx: torch.Tensor) -> list[torch.Tensor]:
+        self.problem.new_step()
+        weights = self.weights[idx].double()
+        loss_before, g = self.problem.losses_and_grads(w, idx, weights)
+        _, g_sam = self.problem.losses_and_grads(plus(w, sam_epsilon(g, self.rho)), idx, weights)
+        self.scores[idx] = loss_before.float()
+        return self.opt.step(w, g_sam)
+
+
+class ReferenceInfoBatchInBatch:
     """InfoBatch inside the batch: scores (float32, all 3 at first) = last clean loss per dataset index.
     While epoch + 1 ≤ delta·epochs: the threshold is the mean score at the epoch's first step; the batch's
     rows below it are well learned; of those, the first int(keep·n) of a randperm (generator, seed) are
@@ -173,6 +236,7 @@ class ReferenceInfoBatch:
         self.rows_per_epoch: dict[int, int] = {}
 
     def step(self, w: list[torch.Tensor], epoch: int, idx: torch.Tensor) -> list[torch.Tensor]:
+        self.problem.new_step()
         batch = len(idx)
         if epoch + 1 <= self.delta * self.epochs:
             if self.threshold_epoch != epoch:

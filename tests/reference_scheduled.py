@@ -68,6 +68,7 @@ class ReferenceLookSAM(_Base):
         self.gv: Weights | None = None
 
     def step(self, w: Weights, idx: torch.Tensor) -> Weights:
+        self.problem.new_step()
         g = self.clean(w, idx)
         ascend = self.t % self.k == 0
         if ascend:
@@ -109,6 +110,7 @@ class ReferenceAESAM(_Base):
         self.gv: Weights | None = None
 
     def step(self, w: Weights, idx: torch.Tensor) -> Weights:
+        self.problem.new_step()
         self.t += 1
         g = self.clean(w, idx)
         sq = float(sum((a * a).sum() for a in g))
@@ -207,6 +209,7 @@ class ReferenceARSAM(_Base):
         return min(1.0, max(-1.0, sum(changes) / len(changes)))
 
     def step(self, w: Weights, epoch: int, idx: torch.Tensor) -> Weights:
+        self.problem.new_step()
         if epoch < self.warmup:
             w = self.opt_sam(w, idx)
             self.sr_now = 1
@@ -242,6 +245,7 @@ class ReferenceSSSAM(_Base):
         self.t = 0
 
     def step(self, w: Weights, idx: torch.Tensor) -> Weights:
+        self.problem.new_step()
         ascend = uniform(self.gen) < self.p_of_step(self.t)
         g = self.clean(w, idx)
         self.t += 1

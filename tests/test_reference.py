@@ -1,4 +1,5 @@
-"""SAM, ASAM and AUSAM against literal slow transcriptions of their update rules (float64, tiny MLP)."""
+"""SAM, ASAM and AUSAM against literal slow transcriptions of their update rules (float64, tiny MLPs:
+without BatchNorm, and with BatchNorm in train mode and label smoothing); BatchNorm mutants fail them."""
 
 from __future__ import annotations
 
@@ -6,39 +7,54 @@ import pytest
 import torch
 
 import flatsam
-from helpers import LR, MOMENTUM, WD, assert_matches, batches, closure_for
+from helpers import (
+    BN_AUTHORS,
+    BN_MUTANTS,
+    BN_TORCH,
+    LR,
+    MOMENTUM,
+    SETTINGS,
+    WD,
+    assert_fails_under_mutant,
+    assert_matches,
+    batches,
+)
 from reference import (
     MomentumSGD,
-    Problem,
     ReferenceAUSAM,
     asam_epsilon,
     sam_epsilon,
     sharpness_aware_step,
-    tiny_mlp,
     toy_data,
 )
 
 
+@pytest.mark.parametrize("setting", [*SETTINGS, BN_TORCH], ids=str)
 @pytest.mark.parametrize("rho", [0.05, 0.5])
-def test_sam_matches_transcription(rho):
+def test_sam_matches_transcription(rho, setting):
     x, y = toy_data()
-    model = tiny_mlp()
-    problem = Problem(model, x, y)
+    model = setting.model()
+    problem = setting.problem(model, x, y)
     w, ref_opt = problem.weights(), MomentumSGD(LR, MOMENTUM, WD)
-    opt = flatsam.SAM(model.parameters(), torch.optim.SGD, rho=rho, lr=LR, momentum=MOMENTUM, weight_decay=WD)
+    opt = flatsam.SAM(
+        model.parameters(), torch.optim.SGD, rho=rho, model=model, lr=LR, momentum=MOMENTUM, weight_decay=WD
+    )
     for idx in batches(len(x), 8, 2)[0] + batches(len(x), 8, 2)[1]:
         w, _, _ = sharpness_aware_step(problem, ref_opt, w, idx, lambda _w, g: sam_epsilon(g, rho))
-        opt.step(closure_for(model, x, y, idx), index=idx)
-    assert_matches(model, opt, w, ref_opt)
+        opt.step(setting.closure(model, x, y, idx), index=idx)
+    assert_matches(model, opt, w, ref_opt, problem)
 
 
+@pytest.mark.parametrize("setting", SETTINGS, ids=str)
 @pytest.mark.parametrize("with_model", [False, True])
-def test_asam_matches_transcription(with_model):
+def test_asam_matches_transcription(with_model, setting):
     x, y = toy_data()
-    model = tiny_mlp()
-    problem = Problem(model, x, y)
-    # the official convention: |w| + eta on parameters named "weight", identity on biases
-    scaled = [name.endswith("weight") for name in problem.names]
+    model = setting.model()
+    problem = setting.problem(model, x, y)
+    # the official convention: |w| + eta on parameters named "weight", identity on biases; without the
+    # model's names, tensors of more than one dimension (BatchNorm's scale then counts as a bias)
+    params = dict(model.named_parameters())
+    scaled = [name.endswith("weight") if with_model else params[name].dim() > 1 for name in problem.names]
     w, ref_opt = problem.weights(), MomentumSGD(LR, MOMENTUM, WD)
     opt = flatsam.ASAM(
         model.parameters(),
@@ -49,18 +65,21 @@ def test_asam_matches_transcription(with_model):
         momentum=MOMENTUM,
         weight_decay=WD,
     )
+    if not with_model and setting.batchnorm:
+        opt.model = model  # BatchNorm's running statistics still need the model (not ASAM's names)
     for idx in batches(len(x), 6, 1)[0]:
         w, _, _ = sharpness_aware_step(
             problem, ref_opt, w, idx, lambda w_, g: asam_epsilon(w_, g, 0.5, 0.01, scaled)
         )
-        opt.step(closure_for(model, x, y, idx), index=idx)
-    assert_matches(model, opt, w, ref_opt)
+        opt.step(setting.closure(model, x, y, idx), index=idx)
+    assert_matches(model, opt, w, ref_opt, problem)
 
 
-def test_asam_scope_all_is_davda54_adaptive():
+@pytest.mark.parametrize("setting", SETTINGS, ids=str)
+def test_asam_scope_all_is_davda54_adaptive(setting):
     x, y = toy_data()
-    model = tiny_mlp()
-    problem = Problem(model, x, y)
+    model = setting.model()
+    problem = setting.problem(model, x, y)
     w, ref_opt = problem.weights(), MomentumSGD(LR, MOMENTUM, WD)
     opt = flatsam.ASAM(
         model.parameters(),
@@ -68,6 +87,7 @@ def test_asam_scope_all_is_davda54_adaptive():
         rho=2.0,
         eta=0.0,
         scope="all",
+        model=model,
         lr=LR,
         momentum=MOMENTUM,
         weight_decay=WD,
@@ -76,15 +96,16 @@ def test_asam_scope_all_is_davda54_adaptive():
         w, _, _ = sharpness_aware_step(
             problem, ref_opt, w, idx, lambda w_, g: asam_epsilon(w_, g, 2.0, 0.0, [True] * len(w_))
         )
-        opt.step(closure_for(model, x, y, idx), index=idx)
-    assert_matches(model, opt, w, ref_opt)
+        opt.step(setting.closure(model, x, y, idx), index=idx)
+    assert_matches(model, opt, w, ref_opt, problem)
 
 
+@pytest.mark.parametrize("setting", SETTINGS, ids=str)
 @pytest.mark.parametrize("batch", [8, 7])
-def test_ausam_matches_transcription(batch):
+def test_ausam_matches_transcription(batch, setting):
     x, y = toy_data(n=28)
-    model = tiny_mlp()
-    problem = Problem(model, x, y)
+    model = setting.model()
+    problem = setting.problem(model, x, y)
     kw = dict(rho=0.1, keep=0.5, s_min=0.1, s_max=0.5)
     ref = ReferenceAUSAM(problem, MomentumSGD(LR, MOMENTUM, WD), len(x), ramp=2, warmup=1, seed=11, **kw)
     opt = flatsam.AUSAM(
@@ -94,6 +115,7 @@ def test_ausam_matches_transcription(batch):
         ramp_epochs=2,
         warmup_epochs=1,
         seed=11,
+        model=model,
         lr=LR,
         momentum=MOMENTUM,
         weight_decay=WD,
@@ -105,10 +127,10 @@ def test_ausam_matches_transcription(batch):
         opt.set_epoch(epoch)
         for idx in epoch_batches:
             w = ref.step(w, epoch, idx)
-            info = opt.step(closure_for(model, x, y, idx), index=idx)
+            info = opt.step(setting.closure(model, x, y, idx), index=idx)
             rows_seen.append(info.ascent_rows)
             rows_expected.append(len(idx) if epoch == 0 else len(idx) // 2)
-    assert_matches(model, opt, w, ref.opt)
+    assert_matches(model, opt, w, ref.opt, problem)
     torch.testing.assert_close(opt.selection.dlp_sum, ref.S)
     torch.testing.assert_close(opt.selection.dlp_count, ref.C)
     # epoch 0 used every row, epochs 1-3 drew half of each batch and updated the counts
@@ -116,15 +138,36 @@ def test_ausam_matches_transcription(batch):
     assert (ref.C > 1).any()
 
 
-def test_sgd_preset_is_the_base_optimizer():
+@pytest.mark.parametrize("setting", SETTINGS, ids=str)
+def test_sgd_preset_is_the_base_optimizer(setting):
     x, y = toy_data()
-    model = tiny_mlp()
-    problem = Problem(model, x, y)
+    model = setting.model()
+    problem = setting.problem(model, x, y)
     w, ref_opt = problem.weights(), MomentumSGD(LR, MOMENTUM, WD)
-    opt = flatsam.SGD(model.parameters(), torch.optim.SGD, lr=LR, momentum=MOMENTUM, weight_decay=WD)
+    opt = flatsam.SGD(
+        model.parameters(), torch.optim.SGD, model=model, lr=LR, momentum=MOMENTUM, weight_decay=WD
+    )
     for idx in batches(len(x), 8, 1)[0]:
+        problem.new_step()
         _, g = problem.losses_and_grads(w, idx)
         w = ref_opt.step(w, g)
-        info = opt.step(closure_for(model, x, y, idx), index=idx)
+        info = opt.step(setting.closure(model, x, y, idx), index=idx)
         assert not info.ascent and info.backward_passes == 1
-    assert_matches(model, opt, w, ref_opt)
+    assert_matches(model, opt, w, ref_opt, problem)
+
+
+# -- the BatchNorm mutants: each makes every transcription test above fail ----------------------------
+
+
+BN_CHECKS = {
+    "sam": lambda s: test_sam_matches_transcription(0.05, s),
+    "asam": lambda s: test_asam_matches_transcription(True, s),
+    "asam-all": test_asam_scope_all_is_davda54_adaptive,
+    "ausam": lambda s: test_ausam_matches_transcription(7, s),
+}
+
+
+@pytest.mark.parametrize("mutant", BN_MUTANTS)
+@pytest.mark.parametrize("check", BN_CHECKS)
+def test_batchnorm_mutants_fail_the_transcriptions(check, mutant, monkeypatch):
+    assert_fails_under_mutant(mutant, monkeypatch, lambda: BN_CHECKS[check](BN_AUTHORS))

@@ -20,11 +20,16 @@ from flatsam.selection import (
     UniformSampler,
 )
 from helpers import (
+    BN_AUTHORS,
+    BN_MUTANTS,
     KW,
     LR,
     MOMENTUM,
+    PLAIN,
+    SETTINGS,
     WD,
     Counting,
+    assert_fails_under_mutant,
     assert_matches,
     batches,
     bn_model,
@@ -32,41 +37,55 @@ from helpers import (
     round_trip,
     same,
 )
-from reference import MomentumSGD, Problem, tiny_mlp, toy_data
+from reference import MomentumSGD, tiny_mlp, toy_data
 from reference_sampled import (
     ReferenceESAM,
     ReferenceInfoBatch,
+    ReferenceInfoBatchInBatch,
     ReferenceKSAM,
     ReferenceMicroBatchSAM,
     ReferenceUniform,
 )
 
 
-def setup(n: int = 24):
+def setup(n: int = 24, setting=PLAIN):
     x, y = toy_data(n=n)
-    model = tiny_mlp()
-    problem = Problem(model, x, y)
+    model = setting.model()
+    problem = setting.problem(model, x, y)
     return x, y, model, problem, problem.weights(), MomentumSGD(LR, MOMENTUM, WD)
 
 
 # -- literal transcriptions ---------------------------------------------------------------------------
 
+ESAM_CASES = [(0.6, 0.5, False), (0.6, 0.5, True), (0.1, 0.3, False), (0.6, 0.99, False)]
+
 
 @pytest.mark.parametrize(
-    ("beta", "gamma", "exact"), [(0.6, 0.5, False), (0.6, 0.5, True), (0.1, 0.3, False), (0.6, 0.99, False)]
+    ("beta", "gamma", "exact", "setting"),
+    # with BatchNorm, not the case whose strict cutoff leaves a one-row descent pass (no batch variance)
+    [(*case, s) for s in SETTINGS for case in ESAM_CASES if not (s.batchnorm and case[1] == 0.3)],
+    ids=str,
 )
-def test_esam_matches_transcription(beta, gamma, exact):
-    x, y, model, problem, w, ref_opt = setup()
+def test_esam_matches_transcription(beta, gamma, exact, setting):
+    x, y, model, problem, w, ref_opt = setup(setting=setting)
     ref = ReferenceESAM(problem, ref_opt, rho=0.05, beta=beta, gamma=gamma, seed=4, exact_topk=exact)
     opt = ESAM(
-        model.parameters(), torch.optim.SGD, rho=0.05, beta=beta, gamma=gamma, exact_topk=exact, seed=4, **KW
+        model.parameters(),
+        torch.optim.SGD,
+        rho=0.05,
+        beta=beta,
+        gamma=gamma,
+        exact_topk=exact,
+        seed=4,
+        model=model,
+        **KW,
     )
     sizes = []
     for epoch_batches in batches(len(x), 8, 3):
         for idx in epoch_batches:
             w = ref.step(w, idx)
-            sizes.append(opt.step(closure_for(model, x, y, idx), index=idx).descent_rows)
-    assert_matches(model, opt, w, ref.opt)
+            sizes.append(opt.step(setting.closure(model, x, y, idx), index=idx).descent_rows)
+    assert_matches(model, opt, w, ref.opt, problem)
     assert sizes == ref.descent_sizes
     assert ref.steps_with_frozen > 0  # the stochastic weight perturbation froze tensors in some steps
     k = max(1, int(8 * gamma))
@@ -80,49 +99,142 @@ def test_esam_matches_transcription(beta, gamma, exact):
         assert ref.guard_hits > 0  # a draw excluded every tensor: the guard kept them all
 
 
+@pytest.mark.parametrize("setting", SETTINGS, ids=str)
 @pytest.mark.parametrize("batch", [8, 7])
-def test_ksam_matches_transcription(batch):
-    x, y, model, problem, w, ref_opt = setup()
+def test_ksam_matches_transcription(batch, setting):
+    x, y, model, problem, w, ref_opt = setup(28, setting)  # no one-row pass: BatchNorm needs two
     ref = ReferenceKSAM(problem, ref_opt, rho=0.05, keep=0.5)
-    opt = KSAM(model.parameters(), torch.optim.SGD, rho=0.05, keep=0.5, **KW)
+    opt = KSAM(model.parameters(), torch.optim.SGD, rho=0.05, keep=0.5, model=model, **KW)
     for epoch_batches in batches(len(x), batch, 2):
         for idx in epoch_batches:
             w = ref.step(w, idx)
-            opt.step(closure_for(model, x, y, idx), index=idx)
-    assert_matches(model, opt, w, ref.opt)
+            opt.step(setting.closure(model, x, y, idx), index=idx)
+    assert_matches(model, opt, w, ref.opt, problem)
 
 
+@pytest.mark.parametrize("setting", SETTINGS, ids=str)
 @pytest.mark.parametrize(("size", "fraction", "m"), [(None, 0.25, 2), (3, 0.25, 3), (None, 0.5, 4)])
-def test_microbatch_sam_matches_transcription(size, fraction, m):
-    x, y, model, problem, w, ref_opt = setup()
+def test_microbatch_sam_matches_transcription(size, fraction, m, setting):
+    x, y, model, problem, w, ref_opt = setup(setting=setting)
     ref = ReferenceMicroBatchSAM(problem, ref_opt, rho=0.05, m=m, sigma=0.5, seed=8)
     opt = MicroBatchSAM(
-        model.parameters(), torch.optim.SGD, rho=0.05, size=size, fraction=fraction, noise=0.5, seed=8, **KW
+        model.parameters(),
+        torch.optim.SGD,
+        rho=0.05,
+        size=size,
+        fraction=fraction,
+        noise=0.5,
+        seed=8,
+        model=model,
+        **KW,
     )
     for epoch_batches in batches(len(x), 8, 2):
         for idx in epoch_batches:
             w = ref.step(w, idx)
-            opt.step(closure_for(model, x, y, idx), index=idx)
-    assert_matches(model, opt, w, ref.opt)
+            opt.step(setting.closure(model, x, y, idx), index=idx)
+    assert_matches(model, opt, w, ref.opt, problem)
 
 
-def test_uniform_matches_transcription():
-    x, y, model, problem, w, ref_opt = setup()
-    ref = ReferenceUniform(problem, ref_opt, rho=0.1, keep=0.5, seed=6)
-    opt = UniformSAM(model.parameters(), torch.optim.SGD, rho=0.1, keep=0.5, seed=6, **KW)
-    for epoch_batches in batches(len(x), 7, 2):
+@pytest.mark.parametrize("setting", SETTINGS, ids=str)
+@pytest.mark.parametrize("warmup", [0, 1])
+def test_uniform_matches_transcription(warmup, setting):
+    x, y, model, problem, w, ref_opt = setup(26, setting)
+    ref = ReferenceUniform(problem, ref_opt, rho=0.1, keep=0.5, warmup=warmup, seed=6)
+    opt = UniformSAM(
+        model.parameters(),
+        torch.optim.SGD,
+        rho=0.1,
+        keep=0.5,
+        warmup_epochs=warmup,
+        seed=6,
+        model=model,
+        **KW,
+    )
+    rows = []
+    for epoch, epoch_batches in enumerate(batches(len(x), 7, 2)):
+        opt.set_epoch(epoch)
         for idx in epoch_batches:
-            w = ref.step(w, idx)
-            opt.step(closure_for(model, x, y, idx), index=idx)
-    assert_matches(model, opt, w, ref.opt)
+            w = ref.step(w, epoch, idx)
+            rows.append(opt.step(setting.closure(model, x, y, idx), index=idx).descent_rows)
+    assert_matches(model, opt, w, ref.opt, problem)
+    # 26 rows in batches of 7, 7, 7, 5: the warm-up epoch trains on every row, the others on ⌊B/2⌋
+    assert rows == ([7, 7, 7, 5] if warmup else [3, 3, 3, 2]) + [3, 3, 3, 2]
 
 
-def test_infobatch_matches_transcription():
-    n, epochs = 32, 5
-    x, y, model, problem, w, ref_opt = setup(n)
+@pytest.mark.parametrize("setting", SETTINGS, ids=str)
+def test_infobatch_matches_official_transcription(setting):
+    n, epochs, batch = 30, 5, 8
+    x, y, model, problem, w, ref_opt = setup(n, setting)
     ref = ReferenceInfoBatch(problem, ref_opt, n, epochs, rho=0.1, prune_ratio=0.5, delta=0.6, seed=2)
     opt = InfoBatchSAM(
-        model.parameters(), torch.optim.SGD, rho=0.1, num_samples=n, epochs=epochs, delta=0.6, seed=2, **KW
+        model.parameters(),
+        torch.optim.SGD,
+        rho=0.1,
+        num_samples=n,
+        epochs=epochs,
+        delta=0.6,
+        seed=2,
+        model=model,
+        **KW,
+    )
+    g = torch.Generator().manual_seed(3)
+    visited = []
+    for epoch in range(epochs):
+        permutation = torch.randperm(n, generator=g)
+        order = opt.selection.epoch_indices(epoch, permutation)
+        assert torch.equal(order, ref.epoch_order(epoch, permutation))
+        opt.set_epoch(epoch)
+        for idx in order.split(batch):
+            w = ref.step(w, idx)
+            info = opt.step(setting.closure(model, x, y, idx), index=idx)
+            assert info.ascent_rows == info.descent_rows == len(idx)
+        visited.append(len(order))
+    assert_matches(model, opt, w, ref.opt, problem)
+    torch.testing.assert_close(opt.selection.scores, ref.scores)
+    # epoch 0: every score is 3, nothing below the mean; epochs 1-2 leave samples out (fewer steps);
+    # epochs 3-4 (past delta · epochs = 3) visit every sample again
+    assert visited[0] == n and visited[1] < n and visited[2] < n and visited[3] == visited[4] == n
+
+
+def test_infobatch_resumes_inside_a_pruned_epoch():
+    """The epoch's kept samples and weights are in the state: a resumed loop asking again for the epoch
+    gets the same indices back."""
+    sel = InfoBatchPruning(10, epochs=4, seed=0)
+    sel.scores[:] = torch.arange(10.0)  # mean 4.5: samples 0-4 well learned, int(0.5 · 5) = 2 of them kept
+    order = torch.randperm(10)
+    first = sel.epoch_indices(1, order)
+    fresh = InfoBatchPruning(10, epochs=4, seed=1)
+    fresh.load_state_dict(round_trip(sel.state_dict()))
+    assert torch.equal(fresh.epoch_indices(1, order), first) and torch.equal(fresh.weights, sel.weights)
+    assert len(first) == 7 and sorted(sel.weights.tolist()) == [1.0] * 8 + [2.0] * 2
+    assert set(range(5, 10)) <= set(first.tolist())  # the not-well-learned all stay
+
+
+def test_infobatch_epoch_mode_needs_the_epoch_indices():
+    model = tiny_mlp()
+    x, y = toy_data()
+    opt = InfoBatchSAM(model.parameters(), num_samples=24, epochs=3, **KW)
+    idx = torch.arange(8)
+    with pytest.raises(RuntimeError, match=r"iterate over selection.epoch_indices\(epoch, order\)"):
+        opt.step(closure_for(model, x, y, idx), index=idx)
+    opt.selection.epoch_indices(0, torch.arange(24))
+    assert opt.step(closure_for(model, x, y, idx), index=idx).descent_rows == 8
+
+
+def test_infobatch_in_batch_matches_transcription():
+    n, epochs = 32, 5
+    x, y, model, problem, w, ref_opt = setup(n)
+    ref = ReferenceInfoBatchInBatch(problem, ref_opt, n, epochs, rho=0.1, prune_ratio=0.5, delta=0.6, seed=2)
+    opt = InfoBatchSAM(
+        model.parameters(),
+        torch.optim.SGD,
+        rho=0.1,
+        num_samples=n,
+        epochs=epochs,
+        delta=0.6,
+        mode="batch",
+        seed=2,
+        **KW,
     )
     rows = {}
     for epoch, epoch_batches in enumerate(batches(n, 8, epochs)):
@@ -137,6 +249,21 @@ def test_infobatch_matches_transcription():
     # epoch 0: every score is 3, nothing below the mean; epochs 1-2 prune; epochs 3-4 (> delta) train on all
     assert rows[0] == n and rows[1] < n and rows[2] < n and rows[3] == rows[4] == n
     assert ref.pruned_rows > 0
+
+
+BN_CHECKS = {
+    "esam": lambda s: test_esam_matches_transcription(0.6, 0.5, True, s),
+    "ksam": lambda s: test_ksam_matches_transcription(8, s),
+    "mbsam": lambda s: test_microbatch_sam_matches_transcription(None, 0.25, 2, s),
+    "uniform": lambda s: test_uniform_matches_transcription(1, s),
+    "infobatch": lambda s: test_infobatch_matches_official_transcription(s),
+}
+
+
+@pytest.mark.parametrize("mutant", BN_MUTANTS)
+@pytest.mark.parametrize("check", BN_CHECKS)
+def test_batchnorm_mutants_fail_the_transcriptions(check, mutant, monkeypatch):
+    assert_fails_under_mutant(mutant, monkeypatch, lambda: BN_CHECKS[check](BN_AUTHORS))
 
 
 # -- pass and sample counting -------------------------------------------------------------------------
@@ -171,7 +298,7 @@ def test_microbatch_counts_m_rows_in_the_ascent_and_b_in_the_descent(size, fract
 
 def test_uniform_counts_half_the_rows_in_both_passes():
     model = tiny_mlp()
-    calls, info = count(UniformSAM(model.parameters(), model=model, keep=0.5, seed=0, **KW), batch=9)
+    calls, info = count(UniformSAM(model.parameters(), model=model, keep=0.5, seed=0, **KW), batch=9, epoch=1)
     assert calls == [(4, True), (4, True)]
     assert (info.ascent_rows, info.descent_rows, info.forward_samples) == (4, 4, 8)
 
@@ -187,7 +314,7 @@ def test_esam_counts_clean_pass_scoring_forward_and_selected_rows():
 
 def test_infobatch_counts_the_kept_rows():
     model = tiny_mlp()
-    opt = InfoBatchSAM(model.parameters(), model=model, num_samples=24, epochs=10, seed=0, **KW)
+    opt = InfoBatchSAM(model.parameters(), model=model, num_samples=24, epochs=10, mode="batch", seed=0, **KW)
     opt.selection.scores[:10] = torch.tensor([0.1, 5.0] * 5)  # rows 0, 2, 4, 6, 8 well learned
     calls, info = count(opt, epoch=1)
     assert calls == [(7, True), (7, True)]  # 5 not learned + int(0.5 · 5) = 2 kept
@@ -279,7 +406,7 @@ def test_noise_is_relative_to_the_gradient_and_invariant_to_loss_scale():
 
 
 def test_infobatch_prunes_the_official_number_of_epochs_and_keeps_a_row():
-    sel = InfoBatchPruning(10, epochs=200)
+    sel = InfoBatchPruning(10, epochs=200, mode="batch")
     assert sum(sel.prunes(e) for e in range(200)) == 175 and sel.prunes(174) and not sel.prunes(175)
     # the official sampler prunes while its 1-based epoch count is <= delta·epochs
     half = InfoBatchPruning(10, epochs=5, delta=0.5)
@@ -290,12 +417,12 @@ def test_infobatch_prunes_the_official_number_of_epochs_and_keeps_a_row():
 
 
 def test_infobatch_threshold_is_taken_once_per_epoch_and_resumes():
-    sel = InfoBatchPruning(10, epochs=10, seed=0)
+    sel = InfoBatchPruning(10, epochs=10, mode="batch", seed=0)
     sel.scores[:] = torch.arange(10.0)  # mean 4.5: rows 0-4 well learned
     ctx = StepContext(step=0, epoch=1, batch_size=10, index=torch.arange(10))
     first = sel.plan(ctx)
     sel.scores[:5] = 100.0  # later steps of the same epoch raise scores; the epoch keeps its threshold
-    fresh = InfoBatchPruning(10, epochs=10, seed=1)
+    fresh = InfoBatchPruning(10, epochs=10, mode="batch", seed=1)
     fresh.load_state_dict(round_trip(sel.state_dict()))
     for s in (sel, fresh):
         plan = s.plan(ctx)
@@ -325,8 +452,8 @@ BUILDERS = {
     "ksam": lambda m, seed: KSAM(m.parameters(), model=m, **KW),
     "mbsam": lambda m, seed: MicroBatchSAM(m.parameters(), model=m, size=2, seed=seed, **KW),
     "uniform": lambda m, seed: UniformSAM(m.parameters(), model=m, seed=seed, **KW),
-    "infobatch": lambda m, seed: InfoBatchSAM(
-        m.parameters(), model=m, num_samples=24, epochs=4, delta=0.75, seed=seed, **KW
+    "infobatch-in-batch": lambda m, seed: InfoBatchSAM(
+        m.parameters(), model=m, num_samples=24, epochs=4, delta=0.75, mode="batch", seed=seed, **KW
     ),
 }
 
@@ -389,6 +516,7 @@ def test_resume_mid_epoch_is_bit_for_bit(name):
         (InfoBatchSAM, {"delta": 1.5}, r"delta .* must be in \[0, 1\]"),
         (InfoBatchSAM, {"epochs": 0}, r"epochs .* must be an integer >= 1"),
         (InfoBatchSAM, {"num_samples": 0}, r"num_samples .* must be an integer >= 1"),
+        (InfoBatchSAM, {"mode": "step"}, r"mode must be one of \('epoch', 'batch'\), got 'step'"),
     ],
 )
 def test_bad_hyperparameters_raise(cls, kwargs, match):

@@ -25,7 +25,9 @@ CONFIG_HELP = {
     "momentum": "SGD momentum",
     "weight_decay": "weight decay (coupled L2, as torch.optim.SGD)",
     "lr_warmup_epochs": "linear LR warm-up length in epochs",
-    "label_smoothing": "label smoothing of the cross-entropy",
+    "label_smoothing": "label smoothing ε of the cross-entropy",
+    "smoothing_form": "torch: ε/K to every class (F.cross_entropy); authors: 1-ε to the true class, "
+    "ε/(K-1) to each other (the AUSAM/vSAM/davda54 code; use it to reproduce their recipes)",
     "crop_padding": "random-crop padding in pixels (0 = off)",
     "cutout": "cutout square size in pixels (0 = off)",
     "seed": "training seed (initialisation, batch order, augmentation, method randomness)",

@@ -55,6 +55,12 @@ class Selection(Component):
     ) -> RowPlan:
         return plan
 
+    def epoch_indices(self, epoch: int, order: torch.Tensor) -> torch.Tensor:
+        """The dataset indices epoch ``epoch`` visits, in the loop's shuffled ``order`` of all of them
+        (a training loop asks at the start of every epoch): all of them, unless the selection prunes
+        whole samples from the epoch (InfoBatch)."""
+        return order
+
 
 class AllRows(Selection):
     """Both passes on every row (SAM)."""
@@ -303,11 +309,15 @@ def top_rows(values: torch.Tensor, count: int) -> torch.Tensor:
 
 class UniformSampler(Selection):
     """Both passes on ⌊keep·B⌋ rows drawn uniformly without replacement (at least one): the random-sampling
-    baseline of AUSAM (Deng et al., AAAI 2025; AUSAM with equal probabilities). keep = 0.5 is AUSAM's
-    ``alpha``, so the two differ only in how the rows are drawn. Own generator."""
+    baseline of AUSAM (Deng et al., AAAI 2025; AUSAM with equal probabilities). The first
+    ``warmup_epochs`` use every row, like AUSAM's warm-up (``UniformSAM`` sets it to AUSAM's 1, so that
+    the two differ only in how rows are drawn after it; 0 here, as a component). Own generator."""
 
-    def __init__(self, keep: float = 0.5, seed: int | None = None) -> None:
+    def __init__(self, keep: float = 0.5, seed: int | None = None, warmup_epochs: int = 0) -> None:
         self.keep = check_fraction("keep", keep)
+        if isinstance(warmup_epochs, bool) or not isinstance(warmup_epochs, int) or warmup_epochs < 0:
+            raise ValueError(f"warmup_epochs must be an integer >= 0, got {warmup_epochs!r}")
+        self.warmup_epochs = warmup_epochs
         self.generator = make_generator(seed)
 
     def count(self, batch_size: int) -> int:
@@ -317,11 +327,11 @@ class UniformSampler(Selection):
         return torch.randperm(batch_size, generator=self.generator)[: self.count(batch_size)]
 
     def plan(self, ctx: StepContext, scores: torch.Tensor | None = None) -> RowPlan:
-        rows = self.draw(ctx.batch_size)
+        rows = all_rows(ctx.batch_size) if ctx.epoch < self.warmup_epochs else self.draw(ctx.batch_size)
         return RowPlan(rows, rows)
 
     def extra_repr(self) -> str:
-        return f"keep={self.keep}"
+        return f"keep={self.keep}, warmup_epochs={self.warmup_epochs}"
 
 
 class MicroBatch(UniformSampler):
@@ -444,31 +454,41 @@ class SharpnessSensitiveSelection(Selection):
 
 
 class InfoBatchPruning(Selection):
-    """InfoBatch-style pruning inside each batch (after Qin et al., ICLR 2024): well-learned rows are
-    dropped at random from both passes and the kept ones are up-weighted, so the gradient stays about
-    unbiased.
+    """InfoBatch (Qin et al., ICLR 2024): well-learned samples are pruned at random and the kept ones
+    up-weighted, so the expected gradient of an epoch stays that of the full data.
 
     Per dataset index a score holds the last observed clean loss (initially 3, as in the official code,
-    github.com/NUS-HPC-AI-Lab/InfoBatch ``infobatch/infobatch.py``). A row is *well learned* when its
-    score is below the mean score of the whole table, taken once per epoch (at the epoch's first step,
-    as the official sampler takes it when the epoch starts). Of a batch's well-learned rows,
-    int((1 − prune_ratio)·n) drawn uniformly without replacement are kept, with loss weight
-    1/(1 − prune_ratio) in both passes (``RowPlan.ascent_weights``/``descent_weights``); the others
-    are pruned. Epoch e (from 0) prunes only while e + 1 ≤ delta·epochs, the official sampler's rule,
-    so the last (1 − delta) of the epochs train on every row with weight 1. Scores are set from the clean
-    losses of the rows trained on. Defaults prune_ratio = 0.5 and delta = 0.875 are the official ones;
-    prune_ratio is limited to [0, 0.9], where the official code clamps it.
+    github.com/NUS-HPC-AI-Lab/InfoBatch ``infobatch/infobatch.py``); a sample is *well learned* when its
+    score is below the mean score of the whole table at the start of the epoch. Of the n well-learned
+    samples, int((1 − prune_ratio)·n) drawn uniformly without replacement are kept with loss weight
+    1/(1 − prune_ratio), the others pruned. Epoch e (from 0) prunes only while e + 1 ≤ delta·epochs
+    (the official sampler's ``iterations <= delta·num_epochs``), so the last (1 − delta) of the epochs
+    train on every sample with weight 1 (the annealing). Both passes average w·ℓ over the rows of the
+    batch. Scores are set from the clean losses of the rows trained on. Defaults prune_ratio = 0.5 and
+    delta = 0.875 are the official ones; prune_ratio is limited to [0, 0.9], where the official code
+    clamps it.
 
-    How it differs from the official sampler, which removes pruned samples from the epoch's index list:
-    here the data loader still yields full batches, so the number of steps per epoch is unchanged and
-    the saving shows up as fewer rows per pass, not fewer steps; the random draw is per batch rather than
-    per epoch (int() rounding then drops slightly more, up to one row per batch); and when a batch would
-    keep no row at all, one well-learned row is kept. With a sampler that visits each index once per
-    epoch, the set of well-learned samples is the official one. Needs ``index=`` in every step and
-    ``set_epoch`` every epoch. Own generator; scores, per-epoch threshold and generator in the state.
+    ``mode="epoch"`` (default) is the official semantics: the pruned samples leave the epoch, which
+    therefore has fewer steps; the loop must iterate over ``epoch_indices(epoch, order)`` (flatsam's
+    training loop does: ``for idx in sel.epoch_indices(e, torch.randperm(n)).split(B)``). Differences
+    from the official code: the draw uses the selection's own generator (the official one reseeds numpy
+    with the epoch count), and weights return to 1 in every epoch without pruning (the official sampler
+    resets them only when delta·epochs is a whole number).
+
+    ``mode="batch"`` prunes inside each batch instead, for loops that cannot change the epoch: the data
+    loader still yields full batches, the threshold is the mean score at the epoch's first step, and of
+    a batch's well-learned rows int((1 − prune_ratio)·n) are kept (one if the batch would keep no row).
+    The steps per epoch are unchanged, and each kept row still weighs 1/(1 − prune_ratio) while the
+    mean runs over the n_kept rows of the batch: while pruning, the gradient is about B/n_kept times the
+    official one (≈ 1.5× at prune_ratio 0.5 when most rows are well learned), a higher effective
+    learning rate, not an unbiased estimate.
+
+    Needs ``index=`` in every step and ``set_epoch`` every epoch. Own generator; scores, weights, the
+    epoch's kept samples and the batch mode's threshold are in the state.
     """
 
-    state_fields = ("scores", "threshold", "threshold_epoch")
+    state_fields = ("scores", "weights", "kept", "pruned_epoch", "threshold", "threshold_epoch")
+    MODES = ("epoch", "batch")
 
     def __init__(
         self,
@@ -477,6 +497,7 @@ class InfoBatchPruning(Selection):
         prune_ratio: float = 0.5,
         delta: float = 0.875,
         initial_score: float = 3.0,
+        mode: Literal["epoch", "batch"] = "epoch",
         seed: int | None = None,
         device: torch.device | str = "cpu",
     ) -> None:
@@ -491,10 +512,15 @@ class InfoBatchPruning(Selection):
             )
         if not (0.0 <= delta <= 1.0):
             raise ValueError(f"delta (the fraction of epochs that prune) must be in [0, 1], got {delta}")
-        self.num_samples, self.epochs = num_samples, epochs
+        if mode not in self.MODES:
+            raise ValueError(f"mode must be one of {self.MODES}, got {mode!r}")
+        self.num_samples, self.epochs, self.mode = num_samples, epochs, mode
         self.prune_ratio, self.delta = float(prune_ratio), float(delta)
         self.device = torch.device(device)
         self.scores = torch.full((num_samples,), float(initial_score), device=self.device)
+        self.weights = torch.ones(num_samples, device=self.device)
+        self.kept = torch.ones(num_samples, dtype=torch.bool, device=self.device)
+        self.pruned_epoch = -1
         self.threshold = torch.zeros((), device=self.device)
         self.threshold_epoch = -1
         self.generator = make_generator(seed)
@@ -507,6 +533,24 @@ class InfoBatchPruning(Selection):
     def prunes(self, epoch: int) -> bool:
         """Whether epoch ``epoch`` (counted from 0) prunes: the official ``iterations <= delta·epochs``."""
         return epoch + 1 <= self.delta * self.epochs
+
+    def _draw_kept(self, learned: torch.Tensor) -> torch.Tensor:
+        """int(keep_ratio·n) of the n well-learned ``learned``, uniformly without replacement."""
+        draw = torch.randperm(len(learned), generator=self.generator)
+        return learned[draw[: int(self.keep_ratio * len(learned))].to(learned.device)]
+
+    def epoch_indices(self, epoch: int, order: torch.Tensor) -> torch.Tensor:
+        if self.mode == "batch" or not self.prunes(epoch):
+            return order
+        if self.pruned_epoch != epoch:  # once per epoch, so a resumed run gets the same epoch back
+            well = self.scores < self.scores.mean()
+            chosen = self._draw_kept(well.nonzero().flatten())
+            self.kept = ~well
+            self.kept[chosen] = True
+            self.weights = torch.ones_like(self.weights)
+            self.weights[chosen] = 1.0 / self.keep_ratio
+            self.pruned_epoch = epoch
+        return order[self.kept[order.to(self.device)].to(order.device)]
 
     def _index(self, ctx: StepContext) -> torch.Tensor:
         if ctx.index is None:
@@ -521,12 +565,23 @@ class InfoBatchPruning(Selection):
         rows = all_rows(len(index))
         if not self.prunes(ctx.epoch):
             return RowPlan(rows, rows)
+        if self.mode == "batch":
+            return self._plan_in_batch(ctx, index, rows)
+        if self.pruned_epoch != ctx.epoch:
+            raise RuntimeError(
+                f"InfoBatch (mode='epoch') prunes samples from epoch {ctx.epoch} as a whole: iterate over "
+                "selection.epoch_indices(epoch, order) at the start of every epoch (flatsam's training "
+                "loop does), or use mode='batch' to prune inside each batch"
+            )
+        weights = self.weights[index]
+        return RowPlan(rows, rows, weights, weights)
+
+    def _plan_in_batch(self, ctx: StepContext, index: torch.Tensor, rows: torch.Tensor) -> RowPlan:
         if self.threshold_epoch != ctx.epoch:
             self.threshold, self.threshold_epoch = self.scores.mean(), ctx.epoch
         well = (self.scores[index] < self.threshold).cpu()
         learned = rows[well]
-        draw = torch.randperm(len(learned), generator=self.generator)
-        kept = learned[draw[: int(self.keep_ratio * len(learned))]]
+        kept = self._draw_kept(learned)
         if len(kept) == 0 and len(learned) == len(rows):
             kept = learned[:1]  # a batch of well-learned rows only: keep one rather than none
         rows = torch.cat([rows[~well], kept]).sort().values
@@ -543,7 +598,7 @@ class InfoBatchPruning(Selection):
     def extra_repr(self) -> str:
         return (
             f"num_samples={self.num_samples}, epochs={self.epochs}, prune_ratio={self.prune_ratio}, "
-            f"delta={self.delta}"
+            f"delta={self.delta}, mode={self.mode!r}"
         )
 
 

@@ -3,7 +3,7 @@ with noise, m-sharpness, uniform sampling, InfoBatch-style pruning."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -135,8 +135,10 @@ class MSharpnessSAM(SharpnessAware):
 
 class UniformSAM(SharpnessAware):
     """Uniform sampling (AUSAM's random-sampling baseline, Deng et al., AAAI 2025): both SAM passes on
-    ⌊keep·B⌋ rows drawn uniformly without replacement. ρ = 0.1 and keep = 0.5 are AUSAM's (authors'
-    code), so the two differ only in how the rows are drawn."""
+    ⌊keep·B⌋ rows drawn uniformly without replacement. ρ = 0.1, keep = 0.5 and the warm-up (epoch 0 is
+    SAM on every row, ``warmup_epochs`` = 1) are AUSAM's (authors' code), so with the same settings the
+    two differ only in how the rows are drawn after the warm-up; ``warmup_epochs=0`` samples from the
+    first step."""
 
     def __init__(
         self,
@@ -145,24 +147,25 @@ class UniformSAM(SharpnessAware):
         *,
         rho: float = 0.1,
         keep: float = 0.5,
+        warmup_epochs: int = 1,
         seed: int | None = None,
         model: nn.Module | None = None,
         **kwargs: Any,
     ) -> None:
-        super().__init__(
-            params, base_optimizer, rho=rho, model=model, selection=UniformSampler(keep, seed), **kwargs
-        )
+        selection = UniformSampler(keep, seed, warmup_epochs=warmup_epochs)
+        super().__init__(params, base_optimizer, rho=rho, model=model, selection=selection, **kwargs)
 
 
 class InfoBatchSAM(SharpnessAware):
-    """SAM with InfoBatch-style pruning (after Qin et al., ICLR 2024), one of AUSAM's data-pruning
-    baselines: in each batch a random ``prune_ratio`` of the well-learned rows (last clean loss below
-    the mean) leaves both passes and the kept ones are weighted 1/(1 − prune_ratio); the last
-    (1 − delta) of the ``epochs`` do not prune.
+    """SAM with InfoBatch pruning (Qin et al., ICLR 2024), one of AUSAM's data-pruning baselines: at the
+    start of each epoch a random ``prune_ratio`` of the well-learned samples (last clean loss below the
+    mean) leaves the epoch, so it has fewer steps, and the kept well-learned samples weigh
+    1/(1 − prune_ratio) in both passes; the last (1 − delta) of the ``epochs`` do not prune.
 
     prune_ratio = 0.5 and delta = 0.875 are the official InfoBatch defaults; ρ = 0.1 is AUSAM's, as for
-    the other AUSAM baselines. How this within-batch variant differs from the official epoch-level
-    sampler is described in ``InfoBatchPruning``. Needs ``index=`` in every step and ``set_epoch``.
+    the other AUSAM baselines. The loop must visit ``selection.epoch_indices(epoch, order)`` (flatsam's
+    does); ``mode="batch"`` prunes inside each batch instead, with a larger gradient while pruning (see
+    ``InfoBatchPruning``). Needs ``index=`` in every step and ``set_epoch``.
     """
 
     def __init__(
@@ -175,13 +178,20 @@ class InfoBatchSAM(SharpnessAware):
         epochs: int,
         prune_ratio: float = 0.5,
         delta: float = 0.875,
+        mode: Literal["epoch", "batch"] = "epoch",
         seed: int | None = None,
         history_device: torch.device | str = "cpu",
         model: nn.Module | None = None,
         **kwargs: Any,
     ) -> None:
         selection = InfoBatchPruning(
-            num_samples, epochs, prune_ratio=prune_ratio, delta=delta, seed=seed, device=history_device
+            num_samples,
+            epochs,
+            prune_ratio=prune_ratio,
+            delta=delta,
+            mode=mode,
+            seed=seed,
+            device=history_device,
         )
         super().__init__(params, base_optimizer, rho=rho, model=model, selection=selection, **kwargs)
 
@@ -251,19 +261,24 @@ register(
         UniformSAM,
         "both passes on a uniformly drawn fraction of the batch",
         "AUSAM's random-sampling baseline (Deng et al., AAAI 2025)",
-        {"rho": Default(0.1, _AUSAM), "keep": Default(0.5, _AUSAM)},
+        {
+            "rho": Default(0.1, _AUSAM),
+            "keep": Default(0.5, _AUSAM),
+            "warmup_epochs": Default(1, f"{_AUSAM}: epoch 0 is SAM on every row"),
+        },
     )
 )
 register(
     MethodInfo(
         "infobatch",
         InfoBatchSAM,
-        "well-learned rows pruned at random, the kept ones up-weighted",
+        "well-learned samples pruned from the epoch at random, the kept ones up-weighted",
         "Qin et al., ICLR 2024 (AUSAM's pruning baseline)",
         {
             "rho": Default(0.1, _AUSAM),
             "prune_ratio": Default(0.5, _INFOBATCH),
             "delta": Default(0.875, _INFOBATCH),
+            "mode": Default("epoch", f"{_INFOBATCH}: pruned samples leave the epoch (fewer steps)"),
         },
         needs=("num_samples", "epochs"),
     )

@@ -7,6 +7,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from flatsam.losses import SMOOTHING_FORMS
+
 
 def parse_value(text: str) -> Any:
     """``"0.3"`` → 0.3, ``"true"`` → True, ``"none"`` → None, anything else stays a string."""
@@ -76,6 +78,7 @@ class TrainConfig:
     weight_decay: float = 5e-4
     lr_warmup_epochs: float = 0.0
     label_smoothing: float = 0.0
+    smoothing_form: str = "torch"
     crop_padding: int = 0
     flip: bool = False
     cutout: int = 0
@@ -95,6 +98,7 @@ class TrainConfig:
             ("lr", self.lr >= 0, ">= 0"),
             ("weight_decay", self.weight_decay >= 0, ">= 0"),
             ("label_smoothing", 0 <= self.label_smoothing < 1, "in [0, 1)"),
+            ("smoothing_form", self.smoothing_form in SMOOTHING_FORMS, f"one of {SMOOTHING_FORMS}"),
             ("lr_warmup_epochs", 0 <= self.lr_warmup_epochs <= self.epochs, "in [0, epochs]"),
             ("eval_batch_size", self.eval_batch_size >= 1, ">= 1"),
             ("eval_every", self.eval_every >= 1, ">= 1"),

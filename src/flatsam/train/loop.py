@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 
 from flatsam.data import Augment, ImageData, load_dataset, normalize
 from flatsam.engine import SharpnessAware, StepInfo
+from flatsam.losses import cross_entropy
 from flatsam.methods import build_method
 from flatsam.models import build_model
 from flatsam.train import records
@@ -31,7 +32,9 @@ def resolve_device(name: str) -> torch.device:
 
 
 def warmup_cosine(total_steps: int, warmup_steps: int):
-    """LR factor per iteration: linear warm-up, then cosine from 1 to 0 (the AUSAM code's schedule)."""
+    """LR factor per iteration: an optional linear warm-up over ``warmup_steps`` (ours; none by default),
+    then cosine from 1 to 0 per iteration, the schedule of the AUSAM code (``CosineScheduler`` over
+    epochs × batches in github.com/ajiaaa/AUSAM ``train.py``, which runs it without a warm-up)."""
 
     def factor(step: int) -> float:
         if step < warmup_steps:
@@ -61,10 +64,10 @@ class Totals:
     forward_samples: int = 0
     backward_samples: int = 0
     train_time: float = 0.0
-    loss_sum: float = 0.0
-    loss_weight: int = 0
+    loss_sum: float = 0.0  # per-sample losses, accuracy and rows of the steps' first forwards
     correct: int = 0
     seen: int = 0
+    batch_rows: int = 0  # rows of the batches of those steps
 
     def add(self, info: StepInfo) -> None:
         self.steps += 1
@@ -81,6 +84,21 @@ class Totals:
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
+
+
+def train_figures(e: Totals) -> dict[str, Any]:
+    """Train loss and accuracy of an epoch, from the first forward of every (not skipped) step: it runs
+    at the unperturbed weights and costs nothing extra. It covers every row of the batch for SGD, SAM,
+    ASAM, the schedulers, ESAM, K-SAM (its scoring forward), m-sharpness and AUSAM's warm-up
+    (``train_rows: "all"``), but only the drawn rows for AUSAM after its warm-up, uniform sampling, the
+    micro-batch ascent and in-batch InfoBatch (``train_rows: "selected"``, with the covered fraction in
+    ``train_rows_fraction``): those figures come from the rows the method trained on, not the batch."""
+    return {
+        "train_loss": e.loss_sum / max(1, e.seen),
+        "train_acc": e.correct / max(1, e.seen),
+        "train_rows": "all" if e.seen == e.batch_rows else "selected",
+        "train_rows_fraction": e.seen / max(1, e.batch_rows),
+    }
 
 
 @dataclass
@@ -270,32 +288,48 @@ class Run:
         if s.augment.active:
             x = s.augment(x, torch.Generator().manual_seed(child_seed(cfg.seed, epoch, batch)))
         y = s.train_y[device_index]
-        first: list[torch.Tensor] = []
+        first: list[torch.Tensor] = []  # loss sum, correct count and rows of the step's first forward
 
         def closure(rows: torch.Tensor) -> torch.Tensor:
             rows = rows.to(s.device)
             out = s.model(x[rows])
-            if not first:  # accuracy of the step's first forward, on the training labels
-                first.append((out.detach().argmax(1) == y[rows]).sum())
+            losses = cross_entropy(out, y[rows], cfg.label_smoothing, cfg.smoothing_form)  # type: ignore[arg-type]
+            if not first:  # the first forward of a step runs at the unperturbed weights
+                first.extend([losses.detach().sum(), (out.detach().argmax(1) == y[rows]).sum()])
                 first.append(torch.tensor(len(rows)))
-            return F.cross_entropy(out, y[rows], reduction="none", label_smoothing=cfg.label_smoothing)
+            return losses
 
         info = s.optimizer.step(closure, index=index)
-        s.scheduler.step()
+        self._schedule_lr(epoch, batch + 1)
         self.epoch_totals.add(info)
         if not info.skipped:
-            self.epoch_totals.loss_sum += info.loss * info.batch_size
-            self.epoch_totals.loss_weight += info.batch_size
-            self.epoch_totals.correct += int(first[0])
-            self.epoch_totals.seen += int(first[1])
+            self.epoch_totals.loss_sum += float(first[0])
+            self.epoch_totals.correct += int(first[1])
+            self.epoch_totals.seen += int(first[2])
+            self.epoch_totals.batch_rows += info.batch_size
         return info
 
     def _order(self, epoch: int) -> torch.Tensor:
-        """The epoch's batch order: a permutation seeded by (seed, epoch), so a resumed run sees the same."""
+        """The epoch's sample order: a permutation seeded by (seed, epoch), so a resumed run sees the same,
+        restricted to the samples the method's selection keeps in this epoch (InfoBatch prunes some)."""
         if self._orders[0] != epoch:
             generator = torch.Generator().manual_seed(child_seed(self.config.seed, epoch))
-            self._orders = (epoch, torch.randperm(len(self.setup.train_x), generator=generator))
+            order = torch.randperm(len(self.setup.train_x), generator=generator)
+            self._orders = (epoch, self.setup.optimizer.selection.epoch_indices(epoch, order))
         return self._orders[1]
+
+    def _batches(self, epoch: int) -> int:
+        return math.ceil(len(self._order(epoch)) / self.config.batch_size)
+
+    def _schedule_lr(self, epoch: int, done: int) -> None:
+        """Step the LR schedule to ``done`` batches into ``epoch``. The schedule is laid out on the
+        full-data steps; an epoch with fewer batches (InfoBatch) moves through its share of it in
+        proportion, as the official InfoBatch code rescales a step-based schedule every epoch."""
+        s = self.setup
+        batches = self._batches(epoch)
+        position = epoch * s.steps_per_epoch + (done * s.steps_per_epoch) // batches
+        s.scheduler.last_epoch = position - 1
+        s.scheduler.step()
 
     def _finish_epoch(self, epoch: int) -> dict[str, Any]:
         s, e = self.setup, self.epoch_totals
@@ -315,8 +349,7 @@ class Run:
             test_loss, test_acc = evaluate(s.model, s.test_x, s.test_y, cfg.eval_batch_size)
         row = {
             "epoch": epoch,
-            "train_loss": e.loss_sum / max(1, e.loss_weight),
-            "train_acc": e.correct / max(1, e.seen),
+            **train_figures(e),
             "test_loss": test_loss,
             "test_acc": test_acc,
             "epoch_time": e.train_time,
@@ -349,7 +382,7 @@ class Run:
                 s.optimizer.set_epoch(self.epoch)
                 start = time.perf_counter()
                 try:
-                    while self.batch < s.steps_per_epoch:
+                    while self.batch < self._batches(self.epoch):
                         if interrupt_at == (self.epoch, self.batch):
                             raise KeyboardInterrupt
                         info = self._step(self.epoch, self.batch)
