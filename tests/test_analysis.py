@@ -94,6 +94,8 @@ def test_verdict_needs_three_seed_stds_and_three_points():
     assert not analysis.verdict(noisy).decisive
     _, small = suite([0.72, 0.72, 0.72], [0.70, 0.70, 0.70])  # tiny spread but only 2 points
     assert not analysis.verdict(small).decisive
+    _, single = suite([0.90], [0.60])  # one seed: a 30-point lead, but no spread to judge it by
+    assert analysis.verdict(single).margin_needed is None and not analysis.verdict(single).decisive
 
 
 def test_budgeted_figures_of_a_method():

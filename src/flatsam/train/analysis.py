@@ -108,7 +108,8 @@ class Verdict:
 
     @property
     def decisive(self) -> bool:
-        return self.margin is not None and self.margin > (self.margin_needed or 0.0)
+        """SAM leads by more than the needed margin (never with fewer than two seeds of either)."""
+        return self.margin is not None and self.margin_needed is not None and self.margin > self.margin_needed
 
 
 def reference_label(groups: dict[str, Sequence[Run]], method: str) -> str | None:
@@ -126,8 +127,8 @@ def reference_label(groups: dict[str, Sequence[Run]], method: str) -> str | None
 
 def verdict(groups: dict[str, Sequence[Run]]) -> Verdict:
     """SAM's margin over SGD (mean final accuracy), the margin a decision needs (the larger of
-    ``MARGIN_MIN`` and ``MARGIN_STDS`` × the larger seed std), the target (SAM − ``TARGET_SLACK``) and
-    SGD's budgets (mean training time, mean effective samples)."""
+    ``MARGIN_MIN`` and ``MARGIN_STDS`` × the larger seed std; undefined with one seed), the target
+    (SAM − ``TARGET_SLACK``) and SGD's budgets (mean training time, mean effective samples)."""
     sam, sgd = reference_label(groups, "sam"), reference_label(groups, "sgd")
     out = Verdict(sam, sgd)
     if sam is not None:
@@ -139,9 +140,10 @@ def verdict(groups: dict[str, Sequence[Run]]) -> Verdict:
         out.sgd_time = statistics.fmean(r.result["train_time"] for r in runs)
         out.sgd_effective = statistics.fmean(effective_samples(r.metrics[-1]) for r in runs)
     if sam is not None and sgd is not None:
-        spread = max(_std([r.result["final_test_acc"] for r in groups[k]]) for k in (sam, sgd))
         out.margin = out.sam_acc - out.sgd_acc
-        out.margin_needed = max(MARGIN_MIN, MARGIN_STDS * spread)
+        if min(len(groups[sam]), len(groups[sgd])) >= 2:  # one seed has no spread to compare with
+            spread = max(_std([r.result["final_test_acc"] for r in groups[k]]) for k in (sam, sgd))
+            out.margin_needed = max(MARGIN_MIN, MARGIN_STDS * spread)
     return out
 
 

@@ -179,7 +179,11 @@ def budget_table(rows: Sequence[analysis.Budgeted]) -> str:
 def verdict_lines(ref: analysis.Verdict, rows: Sequence[analysis.Budgeted]) -> str:
     """The header lines that say whether this set of runs can decide the question."""
     lines = []
-    if ref.margin is not None:
+    if ref.margin is not None and ref.margin_needed is None:
+        lines.append(
+            f"- SAM over SGD: {100 * ref.margin:+.2f} points — NOT decisive (one seed: no spread to judge by)"
+        )
+    elif ref.margin is not None:
         state = "decisive" if ref.decisive else "NOT decisive"
         lines.append(
             f"- SAM over SGD: {100 * ref.margin:+.2f} points (needs > {100 * ref.margin_needed:.2f}: "
