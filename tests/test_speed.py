@@ -107,9 +107,15 @@ def test_cli_speed_quick_options(tmp_path, capsys):
             "--out",
             str(tmp_path),
             "--no-progress",
+            "--profile",
         ]
     )
     assert code == 0
+    assert sorted(p.name for p in tmp_path.glob("profile-*")) == [
+        "profile-cnn-b4-ausam.txt",
+        "profile-cnn-b4-torch-sgd.txt",
+    ]
+    assert "aten::" in (tmp_path / "profile-cnn-b4-ausam.txt").read_text()
     result = json.loads((tmp_path / "speed.json").read_text())
     assert result["config"]["contenders"] == ["torch-sgd", "ausam"]
     assert result["command"].startswith("flatsam bench --speed")

@@ -142,6 +142,7 @@ def cmd_speed(args: argparse.Namespace) -> int:
         "steps": args.steps,
         "device": getattr(args, "device", None),
         "threads": getattr(args, "threads", None),
+        "profile": args.profile or None,
     }
     given = {k: tuple(v) if isinstance(v, list) else v for k, v in given.items() if v is not None}
     config = dataclasses.replace(QUICK if args.quick else SpeedConfig(), **given)
@@ -272,6 +273,9 @@ def build_parser() -> argparse.ArgumentParser:
     speed.add_argument("--batch-sizes", nargs="+", type=int, help="batch sizes to time (default: 128 256)")
     speed.add_argument("--repeats", type=int, help="interleaved rounds (default 10)")
     speed.add_argument("--steps", type=int, help="steps per contender and round (default 5)")
+    speed.add_argument(
+        "--profile", action="store_true", help="also write profiler tables of SGD, SAM and AUSAM steps"
+    )
     add_config_arguments(bench)
     bench.set_defaults(func=cmd_bench)
 

@@ -315,10 +315,11 @@ class ADLPSampler(Selection):
         return RowPlan(rows, rows, descent_weights=weights)
 
     def record(self, ctx: StepContext, outcome: Outcome) -> None:
-        if self._index is None or not outcome.ascent or outcome.loss_after is None:
+        index, self._index = self._index, None
+        if index is None or not outcome.ascent or outcome.loss_after is None:
             return
         self._record(
-            self._index[outcome.ascent_rows.to(self.device, non_blocking=True)],
+            index[outcome.ascent_rows.to(self.device, non_blocking=True)],
             outcome.loss_before,
             outcome.loss_after,
             outcome.clean_grad_norm,

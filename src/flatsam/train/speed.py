@@ -42,6 +42,8 @@ TORCH_SGD, HAND_SAM = "torch-sgd", "hand-sam"
 SKIPPING = ("looksam", "aesam", "arsam")
 #: the epoch the timed steps run in: past AUSAM's (1) and ARSAM's (3) warm-up epochs
 TIMED_EPOCH = 5
+#: the contenders whose steps ``--profile`` breaks down by operator
+PROFILED = (TORCH_SGD, HAND_SAM, "sgd", "sam", "ausam", "ausam-0.25")
 #: epochs and steps the presets are told the run has (AE-SAM's and InfoBatch's schedules need them)
 RUN_EPOCHS = 100
 BASE = dict(lr=0.01, momentum=0.9, weight_decay=5e-4)
@@ -74,6 +76,7 @@ class SpeedConfig:
     device: str = "auto"
     threads: int | None = None
     seed: int = 0
+    profile: bool = False  # write torch profiler tables of the headline contenders' steps
 
     def __post_init__(self) -> None:
         for name in ("repeats", "steps", "batches", "image_size", "num_classes"):
@@ -266,6 +269,19 @@ def peak_bytes(contender: Contender, batch: tuple[torch.Tensor, ...], device: to
     return torch.cuda.max_memory_allocated(device) - start
 
 
+def profile_table(contender: Contender, batches: list[tuple[torch.Tensor, ...]], device: torch.device) -> str:
+    """Operators of a pass over ``batches`` by ``contender``, by self time (the device's on CUDA)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = device.type == "cuda"
+    activities = [ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if cuda else [])]
+    with profile(activities=activities) as prof:
+        for batch in batches:
+            contender.step(*batch)
+    sort = "self_cuda_time_total" if cuda else "self_cpu_time_total"
+    return prof.key_averages().table(sort_by=sort, row_limit=30)
+
+
 def quartiles(values: list[float]) -> dict[str, float]:
     """Median, quartiles, min and max."""
     q1, median, q3 = statistics.quantiles(values, n=4, method="inclusive") if len(values) > 1 else values * 3
@@ -332,7 +348,14 @@ def run_setting(config: SpeedConfig, model_name: str, batch_size: int, progress:
         timing = timings[label]
         timing.held = held_bytes(contender.optimizer, contender.model)
         timing.peak = peak_bytes(contender, batches[0], device)
-    return summarise(model_name, batch_size, timings)
+    setting = summarise(model_name, batch_size, timings)
+    if config.profile:
+        setting["profiles"] = {
+            label: profile_table(contenders[label], batches, device)
+            for label in PROFILED
+            if label in contenders
+        }
+    return setting
 
 
 def _paired(a: Timing, b: Timing) -> dict[str, float]:
@@ -471,6 +494,11 @@ def run_speed(
         "settings": settings,
     }
     paths = {"md": Path(out) / "speed.md", "json": Path(out) / "speed.json"}
+    for setting in settings:
+        for label, table in setting.pop("profiles", {}).items():
+            name = f"profile-{setting['model']}-b{setting['batch_size']}-{label}.txt"
+            records.atomic_write(Path(out) / name, lambda f, table=table: f.write(table.encode()))
+            paths[name] = Path(out) / name
     records.atomic_write(paths["md"], lambda f: f.write(markdown(result).encode()))
     records.write_json(paths["json"], result)
     return paths
