@@ -153,3 +153,35 @@ def bn_model(momentum: float | None = 0.1) -> nn.Module:
     return nn.Sequential(
         nn.Linear(5, 6), nn.BatchNorm1d(6, momentum=momentum), nn.ReLU(), nn.Linear(6, 3)
     ).double()
+
+
+#: Python-level reads of a tensor's values on the host: each is a device synchronisation on a GPU.
+HOST_READS = ("__bool__", "__int__", "__float__", "__index__", "item", "tolist", "numpy")
+
+
+class HostReads:
+    """Counts the host reads of tensor values (``HOST_READS``) made inside the ``with`` block, by name.
+
+    On a CPU nothing waits, but each of these calls would wait for the device's queue on a GPU; reads that
+    torch makes inside C++ are not seen (``torch.cuda.set_sync_debug_mode`` catches those on a GPU).
+    """
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+        self._saved: dict[str, Any] = {}
+
+    def __enter__(self) -> HostReads:
+        for name in HOST_READS:
+            original = getattr(torch.Tensor, name)
+            self._saved[name] = original
+
+            def counted(tensor, *args, _name=name, _original=original, **kwargs):
+                self.calls.append(_name)
+                return _original(tensor, *args, **kwargs)
+
+            setattr(torch.Tensor, name, counted)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for name, original in self._saved.items():
+            setattr(torch.Tensor, name, original)

@@ -111,6 +111,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    if args.speed:
+        return cmd_speed(args)
     from flatsam.train.bench import SUITES, run_bench
 
     suite_name = "quick" if args.quick else args.suite
@@ -126,6 +128,29 @@ def cmd_bench(args: argparse.Namespace) -> int:
     paths = run_bench(
         config, specs, seeds, out, rho=rho, resume=args.resume, progress=not args.no_progress, command=command
     )
+    print(paths["md"].read_text())
+    print("written:", ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
+def cmd_speed(args: argparse.Namespace) -> int:
+    from flatsam.train.speed import QUICK, SpeedConfig, run_speed
+
+    given = {
+        "contenders": args.methods,
+        "models": args.models,
+        "batch_sizes": args.batch_sizes,
+        "repeats": args.repeats,
+        "steps": args.steps,
+        "device": getattr(args, "device", None),
+        "threads": getattr(args, "threads", None),
+        "profile": args.profile or None,
+    }
+    given = {k: tuple(v) if isinstance(v, list) else v for k, v in given.items() if v is not None}
+    config = dataclasses.replace(QUICK if args.quick else SpeedConfig(), **given)
+    out = Path(args.out or Path("runs") / "bench" / "speed")
+    command = "flatsam " + shlex.join(args.argv) if args.record_command else None
+    paths = run_speed(config, out, command=command, progress=not args.no_progress)
     print(paths["md"].read_text())
     print("written:", ", ".join(str(p) for p in paths.values()))
     return 0
@@ -183,6 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
             examples:
               flatsam bench --quick                       # one-minute smoke benchmark
               flatsam bench                               # SGD vs SAM vs AUSAM, 3 seeds (~6 min on 2 cores)
+              flatsam bench --speed --quick               # step times of every method, interleaved
               flatsam train --method ausam --model resnet8 --epochs 30 --subset 5000 --label-noise 0.4
               flatsam train --method ausam --opt keep=0.3 --opt s_max=1.0
               flatsam report runs/bench/default
@@ -239,6 +265,19 @@ def build_parser() -> argparse.ArgumentParser:
         action=argparse.BooleanOptionalAction,
         default=True,
         help="write the command line into results.md",
+    )
+    speed = bench.add_argument_group(
+        "step-time benchmark (--speed; --methods also takes torch-sgd and hand-sam, --quick is a tiny run)"
+    )
+    speed.add_argument(
+        "--speed", action="store_true", help="time training steps of every method, interleaved, not accuracy"
+    )
+    speed.add_argument("--models", nargs="+", help="models to time (default: cnn resnet18)")
+    speed.add_argument("--batch-sizes", nargs="+", type=int, help="batch sizes to time (default: 128 256)")
+    speed.add_argument("--repeats", type=int, help="interleaved rounds (default 10)")
+    speed.add_argument("--steps", type=int, help="steps per contender and round (default 5)")
+    speed.add_argument(
+        "--profile", action="store_true", help="also write profiler tables of SGD, SAM and AUSAM steps"
     )
     add_config_arguments(bench)
     bench.set_defaults(func=cmd_bench)

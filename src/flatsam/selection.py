@@ -88,14 +88,35 @@ def check_num_samples(num_samples: int) -> int:
 
 
 def checked_index(index: torch.Tensor, num_samples: int, device: torch.device) -> torch.Tensor:
-    """Dataset indices as a long tensor on ``device``, each in [0, num_samples)."""
-    index = torch.as_tensor(index).to(device=device, dtype=torch.long)
-    if index.numel() and (int(index.min()) < 0 or int(index.max()) >= num_samples):
-        raise ValueError(
-            f"index values must be in [0, num_samples) = [0, {num_samples}), got range "
-            f"[{int(index.min())}, {int(index.max())}]; is num_samples the training-set size?"
-        )
-    return index
+    """Dataset indices as a long tensor on ``device``, each in [0, num_samples).
+
+    Checked where the index lives, before it moves, without a host sync: a CPU index (what a data loader
+    yields) raises ``ValueError`` at once; an index already on an accelerator is checked there by
+    ``torch._assert_async`` (a device-side assertion, reported at the next synchronisation).
+    """
+    index = torch.as_tensor(index)
+    if index.numel():
+        inside = (index.min() >= 0) & (index.max() < num_samples)
+        try:
+            torch._assert_async(inside, "index values must be in [0, num_samples)")
+        except RuntimeError:
+            raise ValueError(
+                f"index values must be in [0, num_samples) = [0, {num_samples}), got range "
+                f"[{int(index.min())}, {int(index.max())}]; is num_samples the training-set size?"
+            ) from None
+    return index.to(device=device, dtype=torch.long, non_blocking=True)
+
+
+def draw_without_replacement(probs: torch.Tensor, count: int, generator: torch.Generator) -> torch.Tensor:
+    """``torch.multinomial(probs, count, replacement=False, generator=generator)`` without its host sync.
+
+    The same draw as torch's own fast path for sampling without replacement (one Exp(1) variate q per row
+    from ``generator``, then the ``count`` largest p/q, the Gumbel-top-k trick): equal rows and generator
+    state, but without the validity check of ``probs`` that torch runs with ``.item()`` (probabilities
+    here come from ``minmax_weights`` and are positive and finite by construction).
+    """
+    keys = probs / torch.empty_like(probs).exponential_(1, generator=generator)
+    return keys.argmax(-1, keepdim=True) if count == 1 else torch.topk(keys, count).indices
 
 
 def minmax_weights(values: torch.Tensor, low: float, high: float) -> torch.Tensor:
@@ -113,11 +134,13 @@ class ADLPSampler(Selection):
 
     Per dataset index i it keeps the sum ``dlp_sum[i]`` and count ``dlp_count[i]`` of the observed
     DLP = |ℓ(w+ε) − ℓ(w)| (both initialised to 1, as in the authors' code); ADLP = sum/count. Each
-    step after ``warmup_epochs`` draws ⌊keep·B⌋ distinct rows with ``torch.multinomial`` (without
-    replacement) from weights that min–max scale the batch's ADLPs into [s_min, s_hi(epoch)], where
-    s_hi ramps linearly from s_min (epoch 0) to s_max (epoch ``ramp_epochs``). During the warm-up every
-    row is used and each observed DLP overwrites the history (the code's ``epoch == 0`` branch); later
-    observations are added to the running sum and count.
+    step after ``warmup_epochs`` draws ⌊keep·B⌋ distinct rows, as ``torch.multinomial`` without
+    replacement does (``draw_without_replacement``), from weights that min–max scale the batch's ADLPs
+    into [s_min, s_hi(epoch)], where s_hi ramps linearly from s_min (epoch 0) to s_max (epoch
+    ``ramp_epochs``). During the warm-up every row is used and each observed DLP overwrites the history
+    (the code's ``epoch == 0`` branch); later observations are added to the running sum and count. The
+    history, the generator and the draws live on ``device`` (give the model's: AUSAM does), so a step
+    on an accelerator never waits for the host.
 
     Defaults and behaviour follow the authors' code (github.com/ajiaaa/AUSAM, ``sam/ausam.py`` and
     ``train.py``: alpha 0.5, fmin 0.1, fmax 0.5, trans_epoch 30, warm-up = epoch 0). Options for the
@@ -177,6 +200,7 @@ class ADLPSampler(Selection):
         self.generator = make_generator(seed, self.device)
         self.epoch = 0
         self.warmup_seen = 0  # rows recorded during the warm-up, to catch a loop without set_epoch
+        self._index: torch.Tensor | None = None  # the current step's indices on the history's device
 
     # -- the standalone API -------------------------------------------------------------------------
     def set_epoch(self, epoch: int) -> None:
@@ -200,7 +224,9 @@ class ADLPSampler(Selection):
 
     def probabilities(self, index: torch.Tensor, epoch: int | None = None) -> torch.Tensor:
         """Sampling probabilities of the batch rows (sum to 1)."""
-        index = self._checked(index)
+        return self._probabilities(self._checked(index), epoch)
+
+    def _probabilities(self, index: torch.Tensor, epoch: int | None) -> torch.Tensor:
         adlp = self.dlp_sum[index] / self.dlp_count[index]  # the batch's rows only, not the whole table
         weights = minmax_weights(adlp, self.s_min, self.upper_weight(epoch))
         return weights / weights.sum()
@@ -209,11 +235,13 @@ class ADLPSampler(Selection):
         self, index: torch.Tensor | None, epoch: int | None = None, batch_size: int | None = None
     ) -> torch.Tensor:
         """Batch positions to train on: all rows during the warm-up, else ⌊keep·B⌋ drawn rows."""
-        return self._draw(index, epoch, batch_size)[0]
+        return self._draw(None if index is None else self._checked(index), epoch, batch_size)[0]
 
     def _draw(
         self, index: torch.Tensor | None, epoch: int | None, batch_size: int | None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Rows (and their probabilities after the warm-up) for an ``index`` already checked and on the
+        history's device: the draw runs there, with no host sync."""
         if self.in_warmup(epoch):
             size = len(index) if index is not None else batch_size
             if size is None:
@@ -224,11 +252,8 @@ class ADLPSampler(Selection):
                 "AUSAM needs the dataset indices of the batch after its warm-up: call step(closure, "
                 "index=index) with the indices from flatsam.data.IndexedDataset"
             )
-        probs = self.probabilities(index, epoch)
-        rows = torch.multinomial(
-            probs, kept_rows(self.keep, len(index)), replacement=False, generator=self.generator
-        )
-        return rows, probs
+        probs = self._probabilities(index, epoch)
+        return draw_without_replacement(probs, kept_rows(self.keep, len(index)), self.generator), probs
 
     @torch.no_grad()
     def update(
@@ -243,15 +268,26 @@ class ADLPSampler(Selection):
         """Record DLP = |loss_after − loss_before| of the dataset indices ``index`` (the rows trained on).
         Under torch.distributed every rank's (index, DLP) pairs are gathered, so all ranks keep the same
         history (each rank must call ``update`` once per step)."""
-        self._checked(index)
+        self._record(self._checked(index), loss_before, loss_after, grad_norm, rho, epoch)
+
+    def _record(
+        self,
+        index: torch.Tensor,
+        loss_before: torch.Tensor,
+        loss_after: torch.Tensor,
+        grad_norm: torch.Tensor | float | None,
+        rho: float | None,
+        epoch: int | None,
+    ) -> None:
+        """``update`` for an ``index`` already checked and on the history's device."""
         dlp = (loss_after.detach() - loss_before.detach()).abs().to(self.dlp_sum.dtype)
         if self.normalize_by_grad_norm:
             if grad_norm is None or rho is None:
                 raise ValueError("normalize_by_grad_norm needs grad_norm and rho in update()")
             denom = torch.as_tensor(grad_norm, dtype=dlp.dtype, device=dlp.device) * rho
             dlp = torch.where(denom > 0, dlp / denom.clamp_min(torch.finfo(dlp.dtype).tiny), 0.0)
-        index, dlp = gather_rows(torch.as_tensor(index).to(device=dlp.device, dtype=torch.long), dlp)
-        index, dlp = index.to(self.device), dlp.to(self.device)
+        index, dlp = gather_rows(index.to(dlp.device, non_blocking=True), dlp)
+        index, dlp = index.to(self.device, non_blocking=True), dlp.to(self.device, non_blocking=True)
         if self.in_warmup(epoch):
             self.dlp_sum[index] = dlp * self.dlp_count[index]
             self._count_warmup(len(index))
@@ -278,15 +314,18 @@ class ADLPSampler(Selection):
 
     # -- the engine protocol ------------------------------------------------------------------------
     def plan(self, ctx: StepContext, scores: torch.Tensor | None = None) -> RowPlan:
-        rows, probs = self._draw(ctx.index, ctx.epoch, ctx.batch_size)
+        # the batch's indices are checked and moved to the history's device once per step, for plan and record
+        self._index = None if ctx.index is None else self._checked(ctx.index)
+        rows, probs = self._draw(self._index, ctx.epoch, ctx.batch_size)
         weights = 1.0 / (probs[rows] * len(probs)) if self.reweight and probs is not None else None
         return RowPlan(rows, rows, descent_weights=weights)
 
     def record(self, ctx: StepContext, outcome: Outcome) -> None:
-        if ctx.index is None or not outcome.ascent or outcome.loss_after is None:
+        index, self._index = self._index, None
+        if index is None or not outcome.ascent or outcome.loss_after is None:
             return
-        self.update(
-            ctx.index[outcome.ascent_rows.to(ctx.index.device)],
+        self._record(
+            index[outcome.ascent_rows.to(self.device, non_blocking=True)],
             outcome.loss_before,
             outcome.loss_after,
             outcome.clean_grad_norm,

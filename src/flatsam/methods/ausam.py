@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from flatsam.engine import SharpnessAware
-from flatsam.methods.registry import BaseOptimizer, Default, MethodInfo, register
+from flatsam.methods.registry import BaseOptimizer, Default, MethodInfo, register, resolve_device
 from flatsam.selection import ADLPSampler
 
 
@@ -20,7 +20,8 @@ class AUSAM(SharpnessAware):
     s_min/s_max (``fmin``/``fmax``) 0.1/0.5, ramp (``trans_epoch``) 30 epochs, warm-up = epoch 0,
     all-history mean, no importance weights, DLP not normalised. The options ``average``,
     ``normalize_by_grad_norm`` and ``reweight`` are described in ``ADLPSampler``. Needs ``index=`` in
-    ``step`` after the warm-up (``flatsam.data.IndexedDataset``) and ``set_epoch`` every epoch.
+    ``step`` after the warm-up (``flatsam.data.IndexedDataset``) and ``set_epoch`` every epoch. The
+    history and the draws live on ``history_device``, by default the parameters' device.
     """
 
     def __init__(
@@ -40,10 +41,11 @@ class AUSAM(SharpnessAware):
         normalize_by_grad_norm: bool = False,
         reweight: bool = False,
         seed: int | None = None,
-        history_device: torch.device | str = "cpu",
+        history_device: torch.device | str | None = None,
         model: nn.Module | None = None,
         **kwargs: Any,
     ) -> None:
+        params, history_device = resolve_device(params, base_optimizer, history_device)
         sampler = ADLPSampler(
             num_samples,
             keep=keep,

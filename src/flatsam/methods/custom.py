@@ -10,7 +10,7 @@ from torch import nn
 
 from flatsam.component import Component
 from flatsam.engine import SharpnessAware
-from flatsam.methods.registry import BaseOptimizer, Default, MethodInfo, register
+from flatsam.methods.registry import BaseOptimizer, Default, MethodInfo, register, resolve_device
 from flatsam.perturbation import PERTURBATIONS
 from flatsam.reuse import REUSES
 from flatsam.schedule import SCHEDULES
@@ -26,7 +26,8 @@ KINDS: dict[str, dict[str, type[Component]]] = {
 
 def make_component(kind: str, name: str, options: dict[str, Any], facts: dict[str, Any]) -> Component:
     """Build the ``kind`` component registered as ``name`` with ``options``; run facts (``num_samples``,
-    ``total_steps``, ``epochs``, ``model``) fill the constructor parameters of the same name."""
+    ``total_steps``, ``epochs``, ``model``, ``device``: the parameters') fill the constructor parameters of
+    the same name."""
     table = KINDS[kind]
     if name not in table:
         raise ValueError(f"unknown {kind} {name!r}; valid: {', '.join(table)}")
@@ -74,7 +75,14 @@ class Composed(SharpnessAware):
             if kind not in KINDS:
                 raise ValueError(f"option {key!r}: {kind!r} is not one of {', '.join(KINDS)}")
             options[kind][option] = kwargs.pop(key)
-        facts = {"num_samples": num_samples, "total_steps": total_steps, "epochs": epochs, "model": model}
+        params, device = resolve_device(params, base_optimizer, None)
+        facts = {
+            "num_samples": num_samples,
+            "total_steps": total_steps,
+            "epochs": epochs,
+            "model": model,
+            "device": device,
+        }
         names = {"schedule": schedule, "selection": selection, "perturbation": perturbation, "reuse": reuse}
         parts = {kind: make_component(kind, names[kind], options[kind], facts) for kind in KINDS}
         super().__init__(params, base_optimizer, rho=rho, model=model, **parts, **kwargs)

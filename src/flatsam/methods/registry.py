@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from flatsam.engine import SharpnessAware
+from flatsam.engine import SharpnessAware, _flatten
 
 BaseOptimizer = type[torch.optim.Optimizer] | torch.optim.Optimizer
 
@@ -41,6 +41,24 @@ class MethodInfo:
 
 
 METHODS: dict[str, MethodInfo] = {}
+
+
+def resolve_device(
+    params: Any, base_optimizer: BaseOptimizer, device: torch.device | str | None
+) -> tuple[Any, torch.device]:
+    """``device``, or where it is ``None`` the device of the first parameter (CPU without any): where a
+    preset keeps per-sample history and draws its random numbers, so a step never waits on the host.
+    Returns ``params`` too, as a list when it was an iterator (which finding the device consumes)."""
+    if device is not None:
+        return params, torch.device(device)
+    if params is not None and not isinstance(params, torch.Tensor):
+        params = list(params)
+    tensors = (
+        _flatten(params)
+        if params is not None
+        else [p for g in getattr(base_optimizer, "param_groups", []) for p in g["params"]]
+    )
+    return params, tensors[0].device if tensors else torch.device("cpu")
 
 
 def register(info: MethodInfo) -> MethodInfo:

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from flatsam.engine import SharpnessAware
-from flatsam.methods.registry import BaseOptimizer, Default, MethodInfo, register
+from flatsam.methods.registry import BaseOptimizer, Default, MethodInfo, register, resolve_device
 from flatsam.perturbation import NoisySAMPerturbation, StochasticWeightPerturbation
 from flatsam.selection import (
     InfoBatchPruning,
@@ -86,7 +86,8 @@ class MicroBatchSAM(SharpnessAware):
 
     Only the abstract is public, so m, the noise and ρ are our choices: ``fraction`` = 0.25 (or
     ``size`` = m), ``noise`` σ = 0.5 (‖ξ‖ ≈ σ‖g‖), ρ = 0.05 (SAM's). See ``MicroBatch`` and
-    ``NoisySAMPerturbation`` for the reasons. ``seed`` seeds the row draws; the noise uses ``seed + 1``.
+    ``NoisySAMPerturbation`` for the reasons. ``seed`` seeds the row draws; the noise uses ``seed + 1``
+    and is drawn on ``noise_device``, by default the parameters' device.
     """
 
     def __init__(
@@ -99,11 +100,12 @@ class MicroBatchSAM(SharpnessAware):
         fraction: float = 0.25,
         noise: float = 0.5,
         seed: int | None = None,
-        noise_device: torch.device | str = "cpu",
+        noise_device: torch.device | str | None = None,
         model: nn.Module | None = None,
         **kwargs: Any,
     ) -> None:
         noise_seed = None if seed is None else seed + 1
+        params, noise_device = resolve_device(params, base_optimizer, noise_device)
         perturbation = NoisySAMPerturbation(noise, seed=noise_seed, device=noise_device)
         super().__init__(
             params,
@@ -165,7 +167,8 @@ class InfoBatchSAM(SharpnessAware):
     prune_ratio = 0.5 and delta = 0.875 are the official InfoBatch defaults; ρ = 0.1 is AUSAM's, as for
     the other AUSAM baselines. The loop must visit ``selection.epoch_indices(epoch, order)`` (flatsam's
     does); ``mode="batch"`` prunes inside each batch instead, with a larger gradient while pruning (see
-    ``InfoBatchPruning``). Needs ``index=`` in every step and ``set_epoch``.
+    ``InfoBatchPruning``). Needs ``index=`` in every step and ``set_epoch``. The scores live on
+    ``history_device``, by default the parameters' device.
     """
 
     def __init__(
@@ -180,10 +183,11 @@ class InfoBatchSAM(SharpnessAware):
         delta: float = 0.875,
         mode: Literal["epoch", "batch"] = "epoch",
         seed: int | None = None,
-        history_device: torch.device | str = "cpu",
+        history_device: torch.device | str | None = None,
         model: nn.Module | None = None,
         **kwargs: Any,
     ) -> None:
+        params, history_device = resolve_device(params, base_optimizer, history_device)
         selection = InfoBatchPruning(
             num_samples,
             epochs,

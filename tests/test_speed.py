@@ -1,0 +1,122 @@
+"""The step-time benchmark runs, interleaves its contenders and writes its report (no timing is asserted)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from flatsam.cli import main
+from flatsam.models import build_model
+from flatsam.train import speed
+from flatsam.train.speed import SpeedConfig, run_speed
+
+# one thread: on a machine whose cores are busy, two torch threads make these steps 20x slower
+TINY = dict(
+    models=("cnn",), batch_sizes=(4,), repeats=2, steps=2, warmup_steps=1, batches=2, image_size=8, threads=1
+)
+
+
+@pytest.fixture
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_every_contender_runs_and_the_report_is_written(tmp_path):
+    threads = torch.get_num_threads()
+    config = SpeedConfig(**TINY)
+    paths = run_speed(config, tmp_path, command="flatsam bench --speed (test)", progress=False)
+    result = json.loads(paths["json"].read_text())
+    assert result["environment"]["torch"] == torch.__version__
+    assert result["environment"]["torch_threads"] == 1 and torch.get_num_threads() == threads
+    assert result["command"] == "flatsam bench --speed (test)"
+    (setting,) = result["settings"]
+    rows = {row["label"]: row for row in setting["rows"]}
+    assert list(rows) == [speed.contender_label(c) for c in speed.default_contenders()]
+    for row in rows.values():
+        assert len(row["block_means_s"]) == 2 and min(row["block_means_s"]) > 0
+    assert rows["torch-sgd"]["ascent_fraction"] == 0 and rows["sgd"]["ascent_fraction"] == 0
+    assert rows["sam"]["ascent_fraction"] == 1 and rows["hand-sam"]["ascent_fraction"] == 1
+    # held memory: AUSAM adds its float32 history (sum and count per sample), LookSAM one gradient copy,
+    # SAM and the hand-written loop nothing between steps
+    num_samples = TINY["batches"] * TINY["batch_sizes"][0]
+    assert rows["ausam"]["held_extra_bytes"] == 2 * 4 * num_samples
+    param_bytes = sum(p.numel() * 4 for p in build_model("cnn", 3, 10).parameters())
+    assert rows["looksam"]["held_extra_bytes"] == param_bytes
+    assert rows["sam"]["held_extra_bytes"] == rows["hand-sam"]["held_extra_bytes"] == 0
+    assert {"ausam / sam", "ausam-0.25 / sam", "ausam / torch-sgd", "sam / hand-sam"} <= set(
+        setting["ratios"]
+    )
+    markdown = paths["md"].read_text()
+    assert "## cnn, batch 4" in markdown and "| ausam / sam |" in markdown
+
+
+def test_contenders_take_turns_in_blocks(monkeypatch, one_thread):
+    calls = []
+    for cls in (speed.TorchSGD, speed.HandSAM, speed.Flatsam):
+        inner = cls.step
+
+        def spy(self, *batch, inner=inner):
+            calls.append(id(self))
+            return inner(self, *batch)
+
+        monkeypatch.setattr(cls, "step", spy)
+    config = SpeedConfig(**{**TINY, "repeats": 3}, contenders=("torch-sgd", "hand-sam", "sam"))
+    speed.run_setting(config, "cnn", 4, progress=False)
+    warmup = 3 * (TINY["batches"] + TINY["warmup_steps"])
+    timed = calls[warmup : warmup + 3 * 3 * TINY["steps"]]
+    blocks = [timed[i : i + TINY["steps"]] for i in range(0, len(timed), TINY["steps"])]
+    assert all(len(set(block)) == 1 for block in blocks)
+    owners = [block[0] for block in blocks]
+    order = owners[:3]
+    assert len(set(order)) == 3
+    assert owners[3:6] == order[1:] + order[:1] and owners[6:9] == order[2:] + order[:2]  # rotated starts
+
+
+def test_bad_settings_are_named():
+    with pytest.raises(ValueError, match="repeats"):
+        SpeedConfig(repeats=0)
+    with pytest.raises(ValueError, match="distinct"):
+        SpeedConfig(contenders=("sam", "sam"))
+    with pytest.raises(ValueError, match="unknown method"):
+        run_speed(SpeedConfig(**TINY, contenders=("nosuch",)), "unused", progress=False)
+
+
+def test_cli_speed_quick_options(tmp_path, capsys):
+    code = main(
+        [
+            "bench",
+            "--speed",
+            "--methods",
+            "torch-sgd",
+            "ausam",
+            "--models",
+            "cnn",
+            "--batch-sizes",
+            "4",
+            "--repeats",
+            "1",
+            "--steps",
+            "1",
+            "--threads",
+            "1",
+            "--out",
+            str(tmp_path),
+            "--no-progress",
+            "--profile",
+        ]
+    )
+    assert code == 0
+    assert sorted(p.name for p in tmp_path.glob("profile-*")) == [
+        "profile-cnn-b4-ausam.txt",
+        "profile-cnn-b4-torch-sgd.txt",
+    ]
+    assert "aten::" in (tmp_path / "profile-cnn-b4-ausam.txt").read_text()
+    result = json.loads((tmp_path / "speed.json").read_text())
+    assert result["config"]["contenders"] == ["torch-sgd", "ausam"]
+    assert result["command"].startswith("flatsam bench --speed")
+    assert "ausam / torch-sgd" in capsys.readouterr().out
