@@ -280,7 +280,11 @@ class SharpnessAware(torch.optim.Optimizer):
 
     @torch.no_grad()
     def _perturb(self, ctx: StepContext) -> None:
-        for p, eps in self.perturbation.epsilon(ctx, self.param_groups):
+        """w ← w + ε over the parameter groups that take part in the ascent: a group with
+        ``perturb=False`` (e.g. LSQ step sizes, see :mod:`flatsam.quant`) gets no ε and no share of
+        its norm."""
+        groups = [group for group in self.param_groups if group.get("perturb", True)]
+        for p, eps in self.perturbation.epsilon(ctx, groups):
             self._backup[p] = p.detach().clone()
             p.add_(eps)
 
