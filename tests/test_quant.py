@@ -96,11 +96,11 @@ def test_quantizer_initialises_step_by_lsq_rule_and_sign_from_data():
     assert float(q.step.detach()) == pytest.approx(2 * float(w.abs().mean()) / math.sqrt(7))
     act = quant.LSQQuantizer(3, signed=None, per_sample=True)
     x = torch.rand(8, 10)
-    out = act(x)
+    levels = act(x).detach() / act.step.detach()
     assert not bool(act.signed) and bool(act.initialized)
     assert float(act.step.detach()) == pytest.approx(2 * float(x.abs().mean()) / math.sqrt(7))
-    assert int(((out / act.step).round() - out / act.step).abs().max() < 1e-9)
-    assert float(out.min()) >= 0 and float((out / act.step).max()) <= 7 + 1e-9
+    assert float((levels.round() - levels).abs().max()) < 1e-9  # integer multiples of the step
+    assert float(levels.min()) >= 0 and float(levels.max()) <= 7 + 1e-9
     step = float(act.step.detach())
     act(torch.rand(8, 10) * 5)  # already initialised: the step stays
     assert float(act.step.detach()) == step
@@ -244,6 +244,23 @@ def test_quantized_evaluation_uses_quantized_weights_and_state_dict_round_trips(
     copy.load_state_dict(net.state_dict())
     torch.testing.assert_close(copy.eval()(x), out, rtol=0, atol=0)
     assert all(bool(q.initialized) for q in quant.quantizers(copy))
+    step = float(quant.quantizers(copy)[1].step.detach())
+    copy.train()(x * 10)  # loaded as initialised: no re-initialisation from this batch
+    assert float(quant.quantizers(copy)[1].step.detach()) == step
+
+
+def test_models_name_several_output_layers_to_keep_at_8_bits():
+    from flatsam.models import build_model
+    from flatsam.pose import simcc_model
+
+    model = quant.quantize_model(simcc_model(build_model("resnet8", 1, 1), 1, 16, (16, 16)), 2, 2)
+    bits = {n: m.weight_quant.bits for n, m in model.named_modules() if isinstance(m, quant.QuantLinear)}
+    assert bits == {"head.x": 8, "head.y": 8}
+    assert model.backbone.stem[0].weight_quant.bits == 8 and model.head.joints.weight_quant.bits == 2
+    net = small_net()
+    net.output_layers = ("nope",)
+    with pytest.raises(ValueError, match=r"output_layers \['nope'\]"):
+        quant.quantize_model(net, 4, 4)
 
 
 def test_load_full_precision_checkpoint(tmp_path):

@@ -68,6 +68,10 @@ def lsq(v: torch.Tensor, step: torch.Tensor, q_n: int, q_p: int, grad_scale: flo
     return ((scaled.round() - scaled).detach() + scaled) * s
 
 
+def _after_load(module: LSQQuantizer, incompatible: Any) -> None:
+    module._sync_flags()  # noqa: SLF001
+
+
 class LSQQuantizer(nn.Module):
     """One learned step size for a tensor of ``bits`` bits. ``signed=None`` decides the sign from the
     first tensor seen (signed if it has a negative entry); ``per_sample`` counts N per batch row
@@ -81,6 +85,11 @@ class LSQQuantizer(nn.Module):
         self.register_buffer("initialized", torch.zeros((), dtype=torch.bool))
         self.register_buffer("signed", torch.tensor(bool(signed)))
         self._auto_sign = signed is None
+        self._ready: tuple[int, int] | None = None  # (Q_N, Q_P) once initialised: no device sync per forward
+        self.register_load_state_dict_post_hook(_after_load)
+
+    def _sync_flags(self) -> None:
+        self._ready = levels(self.bits, bool(self.signed)) if bool(self.initialized) else None
 
     @torch.no_grad()
     def initialize(self, v: torch.Tensor) -> None:
@@ -90,11 +99,12 @@ class LSQQuantizer(nn.Module):
         _, q_p = levels(self.bits, bool(self.signed))
         self.step.copy_((2 * v.abs().mean() / math.sqrt(q_p)).clamp_min(1e-8))
         self.initialized.fill_(True)
+        self._sync_flags()
 
     def forward(self, v: torch.Tensor) -> torch.Tensor:
-        if not bool(self.initialized):
-            self.initialize(v)
-        q_n, q_p = levels(self.bits, bool(self.signed))
+        if self._ready is None:
+            self.initialize(v.detach())
+        q_n, q_p = self._ready  # type: ignore[misc]
         n = v[0].numel() if self.per_sample else v.numel()
         return lsq(v, self.step.to(v.dtype), q_n, q_p, 1.0 / math.sqrt(n * q_p))
 
@@ -139,9 +149,10 @@ def quantize_model(
     model: nn.Module, w_bits: int, a_bits: int, edge_bits: int | None = EDGE_BITS
 ) -> nn.Module:
     """Replace every ``nn.Conv2d``/``nn.Linear`` of ``model`` (in place, returned for convenience) by its
-    fake-quantized version with ``w_bits``/``a_bits``; the first and the last of them (in module order)
-    get ``edge_bits`` for both (``None``: no exception). Load a full-precision checkpoint *before*
-    converting: the weight step sizes are initialised from the weights at conversion."""
+    fake-quantized version with ``w_bits``/``a_bits``; the first of them (in module order) and the last
+    get ``edge_bits`` for both (``None``: no exception). A model with several output layers names them
+    in an ``output_layers`` attribute (e.g. SimCC's x and y classifiers). Load a full-precision checkpoint
+    *before* converting: the weight step sizes are initialised from the weights at conversion."""
     _check_bits("w_bits", w_bits)
     _check_bits("a_bits", a_bits)
     if edge_bits is not None:
@@ -149,7 +160,11 @@ def quantize_model(
     names = [n for n, m in model.named_modules() if type(m) in (nn.Conv2d, nn.Linear)]
     if not names:
         raise ValueError("quantize_model: the model has no nn.Conv2d or nn.Linear layer")
-    edges = {names[0], names[-1]} if edge_bits is not None else set()
+    last = list(getattr(model, "output_layers", None) or names[-1:])
+    unknown = [name for name in last if name not in names]
+    if unknown:
+        raise ValueError(f"quantize_model: output_layers {unknown} are not Conv2d/Linear layers of the model")
+    edges = {names[0], *last} if edge_bits is not None else set()
     for name in names:
         parent_name, _, attr = name.rpartition(".")
         parent = model.get_submodule(parent_name)

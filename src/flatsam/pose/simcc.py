@@ -86,6 +86,8 @@ class SimCCHead(nn.Module):
 class SimCCModel(nn.Module):
     """A backbone (image → feature map) with a :class:`SimCCHead`; returns ``(logits_x, logits_y)``."""
 
+    output_layers = ("head.x", "head.y")  # both stay at 8 bits under flatsam.quant.quantize_model
+
     def __init__(self, backbone: nn.Module, head: SimCCHead) -> None:
         super().__init__()
         self.backbone, self.head = backbone, head
