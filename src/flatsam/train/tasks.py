@@ -192,6 +192,8 @@ TASK_DEFAULTS: dict[str, dict[str, Any]] = {
         "weight_decay": 0.0,
         "batch_size": 64,
         "eval_batch_size": 250,
+        "label_noise": 0.0,
+        "lr_warmup_epochs": 0.0,
     },
 }
 
