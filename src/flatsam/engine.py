@@ -109,7 +109,8 @@ class SharpnessAware(torch.optim.Optimizer):
     ``schedule`` (does this step ascend?), ``selection`` (which rows enter each pass), ``perturbation``
     (the ascent ε) and ``reuse`` (how a step without ascent borrows from the last one); the defaults
     give SAM. The base optimizer is a class plus ``**base_kwargs`` or an instance; ``param_groups`` and
-    ``state`` are shared with it, so LR schedulers work on either object. ``rho`` is per parameter group.
+    ``state`` are shared with it, so LR schedulers work on either object. ``rho`` is per parameter group;
+    a group with ``perturb=False`` is trained but takes no part in the ascent (no ε, not in its norm).
 
     ``step(closure, index=None)``: ``closure(rows)`` gets a LongTensor of batch positions and returns
     per-sample losses for those rows; the engine reduces, back-propagates and may call it several times.
