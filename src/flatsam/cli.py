@@ -36,6 +36,13 @@ CONFIG_HELP = {
     "device": "cpu, cuda, cuda:N or auto",
     "eval_batch_size": "batch size of the test evaluation",
     "eval_every": "evaluate on the test set every N epochs (and after the last)",
+    "task": "classify, or pose (SimCC keypoints; defaults: stickfigures, resnet8, Adam lr 1e-3, batch 64)",
+    "quantize": "quantization-aware training with LSQ, e.g. w4a4 (weight/activation bits in 2, 3, 4, 8; "
+    "first and last layer at 8 bits)",
+    "quantize_init": "full-precision run folder or checkpoint to start quantization-aware training from",
+    "pose_size": "pose input size in pixels (square crops)",
+    "simcc_split": "SimCC splitting factor (bins per pixel)",
+    "simcc_sigma": "SimCC label sigma in bins (default: 6 at 256 px, scaled to --pose-size)",
 }
 COMPONENT_KINDS = ("schedule", "selection", "perturbation", "reuse")
 FLAGS = {
@@ -43,6 +50,7 @@ FLAGS = {
     "flip": "random horizontal flips",
     "download": "download if missing",
     "channels_last": "channels-last memory format",
+    "perturb_step_sizes": "let SAM's ascent perturb the LSQ step sizes too (default: latent weights only)",
 }
 
 
@@ -71,14 +79,29 @@ def overlay(config: TrainConfig, args: argparse.Namespace) -> TrainConfig:
     return config.replace(**{k: v for k, v in vars(args).items() if k in names})
 
 
+def with_task_defaults(config: TrainConfig, args: argparse.Namespace) -> TrainConfig:
+    """``config`` with the defaults of the task named by ``--task`` (pose: Adam, batch 64, …)."""
+    from flatsam.train.tasks import TASK_DEFAULTS
+
+    task = getattr(args, "task", config.task)
+    if task not in TASK_DEFAULTS:
+        raise ValueError(f"unknown task {task!r}; valid tasks: {', '.join(TASK_DEFAULTS)}")
+    return config.replace(task=task, **TASK_DEFAULTS[task])
+
+
 def check_names(config: TrainConfig) -> None:
     """Fail on unknown method, dataset or model names before any data is loaded."""
     from flatsam.data.registry import canonical_name
     from flatsam.methods import method_info
     from flatsam.models import MODELS
+    from flatsam.pose import POSE_DATASETS
 
     method_info(config.method)
-    canonical_name(config.dataset)
+    if config.task == "pose":
+        if config.dataset not in POSE_DATASETS:
+            raise ValueError(f"unknown pose dataset {config.dataset!r}; valid: {', '.join(POSE_DATASETS)}")
+    else:
+        canonical_name(config.dataset)
     if config.model not in MODELS:
         raise ValueError(f"unknown model {config.model!r}; valid models: {', '.join(MODELS)}")
 
@@ -90,7 +113,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from flatsam.train.loop import Run
 
     config = TrainConfig(subset=600, epochs=2) if args.quick else TrainConfig()
-    config = overlay(config, args)
+    config = overlay(with_task_defaults(config, args), args)
     spec = MethodSpec.parse(args.method)
     parts = {kind: getattr(args, kind) for kind in COMPONENT_KINDS if getattr(args, kind) is not None}
     if parts and spec.name != "custom":
@@ -102,8 +125,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     )
     check_names(config)
     result = Run(config, resume=args.resume, progress=not args.no_progress).run()
+    metric = "test accuracy"
+    if config.task == "pose":
+        metric = "PCKh@0.5" if result.get("final_test_pckh") is not None else "PCK@0.2"
     print(
-        f"{result['label']}: test accuracy {100 * result['final_test_acc']:.2f}% "
+        f"{result['label']}: {metric} {100 * result['final_test_acc']:.2f}% "
         f"(best {100 * result['best_test_acc']:.2f}%), {result['train_time']:.1f} s of training, "
         f"cost {result['cost']:.2f}× SGD, ascent fraction {result['ascent_fraction']:.2f} → {run_dir}"
     )
@@ -118,7 +144,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     suite_name = "quick" if args.quick else args.suite
     suite = SUITES[suite_name]
     specs = [MethodSpec.parse(m) for m in (args.methods or suite.methods)]
-    config = overlay(suite.config, args)
+    config = overlay(with_task_defaults(suite.config, args), args)
     for spec in specs:
         check_names(config.replace(method=spec.name))
     out = Path(args.out or Path("runs") / "bench" / suite_name)
@@ -211,6 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
               flatsam bench --speed --quick               # step times of every method, interleaved
               flatsam train --method ausam --model resnet8 --epochs 30 --subset 5000 --label-noise 0.4
               flatsam train --method ausam --opt keep=0.3 --opt s_max=1.0
+              flatsam train --quantize w4a4 --method sam --model resnet8 --subset 5000
+              flatsam train --task pose --method ausam --epochs 10
               flatsam report runs/bench/default
               flatsam methods --components"""),
     )

@@ -109,7 +109,8 @@ class SharpnessAware(torch.optim.Optimizer):
     ``schedule`` (does this step ascend?), ``selection`` (which rows enter each pass), ``perturbation``
     (the ascent ε) and ``reuse`` (how a step without ascent borrows from the last one); the defaults
     give SAM. The base optimizer is a class plus ``**base_kwargs`` or an instance; ``param_groups`` and
-    ``state`` are shared with it, so LR schedulers work on either object. ``rho`` is per parameter group.
+    ``state`` are shared with it, so LR schedulers work on either object. ``rho`` is per parameter group;
+    a group with ``perturb=False`` is trained but takes no part in the ascent (no ε, not in its norm).
 
     ``step(closure, index=None)``: ``closure(rows)`` gets a LongTensor of batch positions and returns
     per-sample losses for those rows; the engine reduces, back-propagates and may call it several times.
@@ -280,7 +281,11 @@ class SharpnessAware(torch.optim.Optimizer):
 
     @torch.no_grad()
     def _perturb(self, ctx: StepContext) -> None:
-        for p, eps in self.perturbation.epsilon(ctx, self.param_groups):
+        """w ← w + ε over the parameter groups that take part in the ascent: a group with
+        ``perturb=False`` (e.g. LSQ step sizes, see :mod:`flatsam.quant`) gets no ε and no share of
+        its norm."""
+        groups = [group for group in self.param_groups if group.get("perturb", True)]
+        for p, eps in self.perturbation.epsilon(ctx, groups):
             self._backup[p] = p.detach().clone()
             p.add_(eps)
 

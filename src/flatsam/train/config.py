@@ -90,6 +90,13 @@ class TrainConfig:
     eval_batch_size: int = 1000
     eval_every: int = 1
     run_dir: str = "runs/run"
+    task: str = "classify"
+    quantize: str | None = None
+    quantize_init: str | None = None
+    perturb_step_sizes: bool = False
+    pose_size: int = 64
+    simcc_split: float = 2.0
+    simcc_sigma: float | None = None
 
     def __post_init__(self) -> None:
         checks = [
@@ -103,10 +110,19 @@ class TrainConfig:
             ("eval_batch_size", self.eval_batch_size >= 1, ">= 1"),
             ("eval_every", self.eval_every >= 1, ">= 1"),
             ("optimizer", self.optimizer in ("sgd", "adam"), "'sgd' or 'adam'"),
+            ("task", self.task in ("classify", "pose"), "'classify' or 'pose'"),
+            ("quantize_init", self.quantize_init is None or bool(self.quantize), "unset without quantize"),
+            ("pose_size", self.pose_size >= 16, ">= 16"),
+            ("simcc_split", self.simcc_split > 0, "> 0"),
+            ("simcc_sigma", self.simcc_sigma is None or self.simcc_sigma > 0, "> 0"),
         ]
         for name, ok, valid in checks:
             if not ok:
                 raise ValueError(f"{name} must be {valid}, got {getattr(self, name)!r}")
+        if self.quantize:
+            from flatsam.quant import parse_spec
+
+            parse_spec(self.quantize)
 
     @property
     def spec(self) -> MethodSpec:

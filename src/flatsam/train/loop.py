@@ -9,17 +9,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from flatsam.data import Augment, ImageData, load_dataset, normalize
+from flatsam.data import Augment, ImageData, normalize
 from flatsam.engine import SharpnessAware, StepInfo
-from flatsam.losses import cross_entropy
 from flatsam.methods import build_method
-from flatsam.models import build_model
 from flatsam.train import records
 from flatsam.train.config import TrainConfig
+from flatsam.train.tasks import Task, build_model_for, classification_metrics, get_task
 
 
 def resolve_device(name: str) -> torch.device:
@@ -107,7 +105,8 @@ class Setup:
 
     config: TrainConfig
     device: torch.device
-    data: ImageData
+    task: Task
+    data: ImageData  # or the task's data (flatsam.pose.PoseData)
     model: nn.Module
     optimizer: SharpnessAware
     scheduler: torch.optim.lr_scheduler.LambdaLR
@@ -120,15 +119,8 @@ class Setup:
 
 
 def load_data(config: TrainConfig) -> ImageData:
-    """The dataset of ``config``, with its seeded training subset and label noise."""
-    return load_dataset(
-        config.dataset,
-        config.data_dir,
-        subset=config.subset,
-        label_noise=config.label_noise,
-        seed=config.data_seed,
-        download=config.download,
-    )
+    """The dataset of ``config``'s task, with its seeded training subset (and label noise)."""
+    return get_task(config).load()
 
 
 def build(config: TrainConfig, data: ImageData | None = None) -> Setup:
@@ -136,11 +128,13 @@ def build(config: TrainConfig, data: ImageData | None = None) -> Setup:
     device = resolve_device(config.device)
     if config.threads:
         torch.set_num_threads(config.threads)
+    task = get_task(config)
     if data is None:
-        data = load_data(config)
+        data = task.load()
     torch.manual_seed(config.seed)
     memory = torch.channels_last if config.channels_last else torch.contiguous_format
-    model = build_model(config.model, data.in_channels, data.num_classes).to(device, memory_format=memory)
+    model, params = build_model_for(config, task, data)
+    model = model.to(device, memory_format=memory)
 
     def tensors(x: torch.Tensor) -> torch.Tensor:
         return normalize(x, data.mean, data.std).to(device).contiguous(memory_format=memory)
@@ -161,7 +155,7 @@ def build(config: TrainConfig, data: ImageData | None = None) -> Setup:
     total = steps_per_epoch * config.epochs
     optimizer = build_method(
         config.method,
-        model.parameters(),
+        params,
         base,
         model=model,
         num_samples=data.num_train,
@@ -172,10 +166,11 @@ def build(config: TrainConfig, data: ImageData | None = None) -> Setup:
     )
     warmup = round(config.lr_warmup_epochs * steps_per_epoch)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total, warmup))
-    augment = Augment.for_data(data, config.crop_padding, config.flip, config.cutout)
+    augment = task.augment(data)
     return Setup(
         config,
         device,
+        task,
         data,
         model,
         optimizer,
@@ -189,18 +184,13 @@ def build(config: TrainConfig, data: ImageData | None = None) -> Setup:
     )
 
 
-@torch.no_grad()
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> tuple[float, float]:
     """Mean cross-entropy and accuracy of ``model`` in eval mode."""
     model.eval()
-    loss = correct = 0.0
-    for start in range(0, len(x), batch_size):
-        out = model(x[start : start + batch_size])
-        target = y[start : start + batch_size]
-        loss += float(F.cross_entropy(out, target, reduction="sum"))
-        correct += float((out.argmax(1) == target).sum())
-    model.train()
-    return loss / len(x), correct / len(x)
+    try:
+        return classification_metrics(model, x, y, batch_size)
+    finally:
+        model.train()
 
 
 class Interrupted(Exception):
@@ -293,10 +283,10 @@ class Run:
         def closure(rows: torch.Tensor) -> torch.Tensor:
             rows = rows.to(s.device)
             out = s.model(x[rows])
-            losses = cross_entropy(out, y[rows], cfg.label_smoothing, cfg.smoothing_form)  # type: ignore[arg-type]
+            losses = s.task.loss(out, y[rows])
             if not first:  # the first forward of a step runs at the unperturbed weights
-                first.extend([losses.detach().sum(), (out.detach().argmax(1) == y[rows]).sum()])
-                first.append(torch.tensor(len(rows)))
+                correct, counted = s.task.hits(out, y[rows])
+                first.extend((losses.detach().sum(), correct, torch.tensor(counted)))
             return losses
 
         info = s.optimizer.step(closure, index=index)
@@ -344,14 +334,15 @@ class Run:
         ):
             setattr(self.totals, key, getattr(self.totals, key) + getattr(e, key))
         cfg = self.config
-        test_loss = test_acc = None
+        tested: dict[str, float | None] = {"test_loss": None, "test_acc": None}
         if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
-            test_loss, test_acc = evaluate(s.model, s.test_x, s.test_y, cfg.eval_batch_size)
+            s.model.eval()
+            tested = s.task.evaluate(s.model, s.test_x, s.test_y, s.data)
+            s.model.train()
         row = {
             "epoch": epoch,
             **train_figures(e),
-            "test_loss": test_loss,
-            "test_acc": test_acc,
+            **tested,
             "epoch_time": e.train_time,
             "train_time": self.totals.train_time,
             "forward_samples": self.totals.forward_samples,
@@ -436,6 +427,11 @@ class Run:
             "best_test_acc": max(m["test_acc"] for m in self.metrics if m["test_acc"] is not None),
             "final_test_loss": last["test_loss"],
             "final_train_acc": last["train_acc"],
+            **{
+                f"final_{k}": v
+                for k, v in last.items()
+                if k.startswith("test_") and k not in ("test_loss", "test_acc")
+            },
             "train_time": t.train_time,
             "cost": t.cost,
             "steps": t.steps,
