@@ -61,6 +61,31 @@ LONG_METHODS = (
 )
 
 
+#: The AUSAM authors' CIFAR recipe as run-setting overrides: batch 256 (so 128 rows go through each pass
+#: at keep 0.5), label smoothing 0.1 in their form (ε/(K−1) to the other classes), lr 0.1 without
+#: warm-up, weight decay 1e-3, plain momentum (ajiaaa/AUSAM's training script).
+AUTHORS_RECIPE = (
+    "train.batch_size=256,train.label_smoothing=0.1,train.smoothing_form=authors,train.lr=0.1,"
+    "train.lr_warmup_epochs=0,train.weight_decay=0.001,train.nesterov=false"
+)
+
+#: What could close or explain AUSAM's gap to SAM, one change at a time, on the long-n40 setting. The
+#: references (sgd, sam, ausam with the same seeds and setting) are long-n40's runs: report both folders
+#: together (bench/README.md has the command).
+ABLATION_METHODS = (
+    "ausam-120ep=ausam:train.epochs=120,train.lr_warmup_epochs=12",  # about SAM's wall-clock
+    "keep-0.8=ausam:keep=0.8",
+    "ramp-12=ausam:ramp_epochs=12",  # the ramp at 20 % of the run, as 30 of the paper's 200 epochs is 15 %
+    "s_max-1=ausam:s_max=1.0",
+    "warmup-3=ausam:warmup_epochs=3",
+    "gradnorm=ausam:normalize_by_grad_norm=true",
+    "reweight=ausam:reweight=true",
+    f"sgd-recipe=sgd:{AUTHORS_RECIPE}",
+    f"sam-recipe=sam:{AUTHORS_RECIPE}",
+    f"ausam-recipe=ausam:{AUTHORS_RECIPE}",
+)
+
+
 @dataclass(frozen=True)
 class Suite:
     """A named benchmark: a base configuration, the methods, the seeds and the common ρ."""
@@ -114,6 +139,13 @@ SUITES: dict[str, Suite] = {
         "planned for SGD's budget and the controls",
         LONG_CONFIG,
         LONG_METHODS,
+    ),
+    "ablation": Suite(
+        "AUSAM's options, its budget and the authors' recipe, one at a time, on long-n40 (2 seeds; "
+        "references from long-n40)",
+        LONG_CONFIG,
+        ABLATION_METHODS,
+        seeds=(0, 1),
     ),
     "long-n20": Suite(
         "the long regime at 20 % label noise (otherwise as long-n40)",
