@@ -275,7 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="default",
         help="default: sgd, sam, ausam × 3 seeds; all: every method and two compositions; long-n40/long-n20: "
         "the long regime (5× the steps) at 40 %%/20 %% label noise with SAM at SGD's budget and controls; "
-        "ablation: AUSAM's options and the authors' recipe on long-n40",
+        "ablation: AUSAM's budget, options and the authors' recipe on the default setting",
     )
     bench.add_argument("--quick", action="store_true", help="the quick suite (about a minute)")
     bench.add_argument(
