@@ -226,6 +226,7 @@ def test_step_sizes_are_not_perturbed_by_default_but_are_with_the_option():
     opt.step(spy, batch_size=len(x))
     assert seen[0] == seen[1]  # descent pass ran with the same step sizes
     opt = flatsam.SAM(quant.param_groups(net, perturb_step_sizes=True), torch.optim.SGD, rho=0.5, lr=0.0)
+    net.zero_grad()  # the first optimizer's gradients are not the second one's
     seen.clear()
     opt.step(spy, batch_size=len(x))
     assert seen[0] != seen[1]

@@ -21,7 +21,7 @@ class StepContext:
 
     step: int
     epoch: int
-    batch_size: int
+    batch_size: int  # None only inside a step whose size is read from its first pass
     index: torch.Tensor | None = None
     rho: float = 0.0
     grad_scale: float | torch.Tensor = 1.0

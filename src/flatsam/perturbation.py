@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterator
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import nn
@@ -35,7 +35,13 @@ def scaled(tensors: list[torch.Tensor], scale: torch.Tensor) -> list[torch.Tenso
 
 
 class Perturbation(Component):
-    """Computes ε for every parameter that has a clean gradient; ``group["rho"]`` is the radius."""
+    """Computes ε for every parameter that has a clean gradient; ``group["rho"]`` is the radius.
+
+    ``shapes_clean_pass``: ``clean_pass`` changes which parameters get a clean gradient, so the engine
+    must run that pass itself (the two-step API refuses such a perturbation).
+    """
+
+    shapes_clean_pass: ClassVar[bool] = False
 
     def epsilon(self, ctx: StepContext, groups: list[dict[str, Any]]) -> Epsilon:
         raise NotImplementedError
@@ -155,6 +161,7 @@ class StochasticWeightPerturbation(SAMPerturbation):
     """
 
     state_fields = ("excluded",)
+    shapes_clean_pass = True
 
     def __init__(self, beta: float = 0.6, eps: float = 1e-7, seed: int | None = None) -> None:
         super().__init__(eps=eps)

@@ -46,6 +46,11 @@ class Selection(Component):
 
     needs_scores: ClassVar[bool] = False
     needs_perturbed_scores: ClassVar[bool] = False
+    #: False when the first pass always covers the whole batch with equal weights, so that B can be read
+    #: from its losses (``step(closure)`` without ``index``/``batch_size``)
+    needs_batch_size: ClassVar[bool] = True
+    #: False when both passes always use every row with equal weights (the two-step API needs that)
+    selects_rows: ClassVar[bool] = True
 
     def plan(self, ctx: StepContext, scores: torch.Tensor | None = None) -> RowPlan:
         raise NotImplementedError
@@ -64,6 +69,9 @@ class Selection(Component):
 
 class AllRows(Selection):
     """Both passes on every row (SAM)."""
+
+    needs_batch_size = False
+    selects_rows = False
 
     def plan(self, ctx: StepContext, scores: torch.Tensor | None = None) -> RowPlan:
         rows = all_rows(ctx.batch_size)
@@ -439,6 +447,7 @@ class TopKLoss(Selection):
     """
 
     needs_scores = True
+    needs_batch_size = False
 
     def __init__(self, keep: float = 0.5) -> None:
         self.keep = check_fraction("keep", keep)
@@ -466,6 +475,7 @@ class SharpnessSensitiveSelection(Selection):
     """
 
     needs_perturbed_scores = True
+    needs_batch_size = False
 
     def __init__(self, gamma: float = 0.5, exact_topk: bool = False) -> None:
         self.gamma = check_fraction("gamma", gamma)

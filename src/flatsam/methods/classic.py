@@ -32,7 +32,10 @@ class SGD(SharpnessAware):
 class SAM(SharpnessAware):
     """SAM (Foret et al., ICLR 2021): ε = ρ g/‖g‖ from the whole batch, descent gradient at w+ε.
 
-    ρ = 0.05 is the paper's CIFAR-10 default (0.1 is common on CIFAR-100).
+    ρ = 0.05 is the paper's CIFAR-10 default (0.1 is common on CIFAR-100). ``adaptive=True`` is
+    davda54/sam's element-wise adaptive rule, ε = ρ·w²g/(‖|w|g‖ + 1e-12) on every parameter, biases
+    included (github.com/davda54/sam ``sam.py``; its README suggests a ρ about 10× larger, its example
+    uses 2.0); ``ASAM`` is the official ASAM convention instead.
     """
 
     def __init__(
@@ -41,9 +44,14 @@ class SAM(SharpnessAware):
         base_optimizer: BaseOptimizer = torch.optim.SGD,
         *,
         rho: float = 0.05,
+        adaptive: bool = False,
         model: nn.Module | None = None,
         **kwargs: Any,
     ) -> None:
+        if adaptive:
+            if kwargs.get("perturbation") is not None:
+                raise ValueError("adaptive=True chooses the perturbation; do not pass perturbation= as well")
+            kwargs["perturbation"] = ASAMPerturbation(eta=0.0, scope="all", eps=1e-12)
         super().__init__(params, base_optimizer, rho=rho, model=model, **kwargs)
 
 

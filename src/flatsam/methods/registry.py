@@ -69,8 +69,9 @@ def register(info: MethodInfo) -> MethodInfo:
 
 
 def method_info(name: str) -> MethodInfo:
+    """The registered method ``name`` (case-insensitive)."""
     try:
-        return METHODS[name]
+        return METHODS[name.lower()]
     except KeyError:
         raise ValueError(f"unknown method {name!r}; valid methods: {', '.join(sorted(METHODS))}") from None
 
