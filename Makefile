@@ -1,7 +1,7 @@
 # flatsam: `make bench-quick` (set up and run the one-minute benchmark), `make test` (set up and test).
 PY := .venv/bin/python
 
-.PHONY: setup test test-slow bench bench-quick bench-all lint
+.PHONY: setup test test-slow bench bench-quick bench-all bench-long bench-ablation lint
 setup: .venv/.installed
 .venv/.installed: pyproject.toml scripts/setup.sh
 	bash scripts/setup.sh
@@ -21,6 +21,13 @@ bench: setup
 
 bench-all: setup
 	$(PY) -m flatsam bench --suite all --out bench/all
+
+bench-long: setup
+	$(PY) -m flatsam bench --suite long-n40 --out bench/long-n40
+	$(PY) -m flatsam bench --suite long-n20 --out bench/long-n20
+
+bench-ablation: setup
+	$(PY) -m flatsam bench --suite ablation --out bench/ablation
 
 lint: setup
 	$(PY) -m ruff check src tests examples
