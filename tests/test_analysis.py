@@ -111,6 +111,8 @@ def test_budgeted_figures_of_a_method():
     assert sam.acc_at_sgd_cost == pytest.approx(0.70)
     sgd = analysis.budgeted("sgd", groups["sgd"], ref)
     assert sgd.reached == 0 and sgd.time_to_target is None
+    # Whole-run cost over SGD's run: SAM's 2 epochs at 2 passes per sample are twice SGD's 2 epochs.
+    assert sam.budget_vs_sgd == pytest.approx(2.0) and sgd.budget_vs_sgd == pytest.approx(1.0)
 
 
 def test_report_prints_the_verdict_and_the_equal_budget_table(tmp_path):
@@ -122,7 +124,9 @@ def test_report_prints_the_verdict_and_the_equal_budget_table(tmp_path):
     row = next(line for line in text.splitlines() if line.startswith("| sgd |") and "not reached" in line)
     assert "not reached (0/3 seeds)" in row
     header = paths["csv"].read_text().splitlines()[0].split(",")
-    assert {"drift_max", "acc_at_sgd_time", "acc_at_sgd_cost", "time_to_target"} <= set(header)
+    assert {"drift_max", "budget_vs_sgd", "acc_at_sgd_time", "acc_at_sgd_cost", "time_to_target"} <= set(
+        header
+    )
 
 
 def test_train_prefixed_spec_options_override_the_run_configuration():

@@ -85,6 +85,7 @@ class Budgeted:
 
     label: str
     drift_max: float | None
+    budget_vs_sgd: float | None  # the run's whole effective cost over SGD's run's
     acc_at_sgd_time: float | None
     acc_at_sgd_cost: float | None
     time_to_target: float | None
@@ -159,9 +160,11 @@ def budgeted(label: str, runs: Sequence[Run], ref: Verdict) -> Budgeted:
 
     times = [] if ref.target is None else [time_to(run, ref.target) for run in runs]
     hits = [t for t in times if t is not None]
+    spent = statistics.fmean(effective_samples(run.metrics[-1]) for run in runs)
     return Budgeted(
         label,
         max(drifts) if drifts else None,
+        None if not ref.sgd_effective else spent / ref.sgd_effective,
         at(lambda row: row["train_time"], ref.sgd_time),
         at(effective_samples, ref.sgd_effective),
         _mean(hits) if len(hits) == len(runs) else None,
