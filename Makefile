@@ -25,6 +25,7 @@ bench-all: setup
 bench-long: setup
 	$(PY) -m flatsam bench --suite long-n40 --out bench/long-n40
 	$(PY) -m flatsam bench --suite long-n20 --out bench/long-n20
+	$(PY) -m flatsam bench --suite long-clean --out bench/long-clean
 
 bench-ablation: setup
 	$(PY) -m flatsam bench --suite ablation --out bench/ablation

@@ -158,6 +158,11 @@ SUITES: dict[str, Suite] = {
         LONG_CONFIG.replace(label_noise=0.2),
         LONG_METHODS,
     ),
+    "long-clean": Suite(
+        "the long regime without label noise: does SAM lead SGD measurably on clean labels? (as long-n40)",
+        LONG_CONFIG.replace(label_noise=0.0),
+        ("sgd", "sam", "ausam"),
+    ),
 }
 
 
