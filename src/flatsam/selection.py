@@ -330,6 +330,8 @@ class ADLPSampler(Selection):
 
     def record(self, ctx: StepContext, outcome: Outcome) -> None:
         index, self._index = self._index, None
+        if ctx.index is not None and (index is None or len(index) != len(ctx.index)):
+            index = self._checked(ctx.index)  # a step over micro-batches: plan saw each one, record all
         if index is None or not outcome.ascent or outcome.loss_after is None:
             return
         self._record(
