@@ -68,6 +68,9 @@ def prepare(accelerator: Any, optimizer: Any) -> SharpnessAwareAcceleratedOptimi
     if not isinstance(engine, SharpnessAware):
         raise TypeError(f"prepare needs a flatsam optimizer (e.g. flatsam.SAM(...)), got {type(engine).__name__}")
     optimizer.__class__ = SharpnessAwareAcceleratedOptimizer  # same state; only step() differs
+    # an LR scheduler made before wraps the old step() on the instance: drop that wrapper (create the
+    # schedulers after prepare() to keep their step-order check)
+    optimizer.__dict__.pop("step", None)
     for model in accelerator._models:  # noqa: SLF001  (the models accelerator.prepare wrapped)
         if engine.model is not None and accelerator.unwrap_model(model) is engine.model:
             engine.model = model

@@ -10,6 +10,7 @@ AdamW by default, with its weight-decay groups) becomes the base optimizer. Then
   parameter groups are the base optimizer's, so every learning rate it sets is the one the base uses;
 - ``args.max_grad_norm`` clips the descent gradient only (the engine's ``max_grad_norm``, applied after
   the pass at w+ε; the Trainer's own clipping then finds nothing to clip);
+- ``set_epoch`` is called at every epoch start;
 - ``gradient_accumulation_steps`` = k makes one flatsam step over the k micro-batches
   (``step([closures], index=[...])``: one ε from their accumulated clean gradient);
 - ``fp16``'s ``GradScaler`` is handed to the engine and a skipped step does not advance the schedule;
@@ -37,7 +38,7 @@ from flatsam.engine import SharpnessAware
 from flatsam.integrations import require
 
 require("transformers", "transformers", "flatsam.integrations.transformers")
-from transformers import Trainer  # noqa: E402
+from transformers import Trainer, TrainerCallback  # noqa: E402
 
 from flatsam.integrations.accelerate import SharpnessAwareAcceleratedOptimizer  # noqa: E402
 from flatsam.methods import build_method  # noqa: E402
@@ -58,6 +59,16 @@ class _TrainerOptimizer(SharpnessAwareAcceleratedOptimizer):
         return info
 
 
+class _Epochs(TrainerCallback):
+    """``set_epoch`` on the flatsam optimizer at the start of every epoch (AUSAM's warm-up and ramp)."""
+
+    def __init__(self, trainer: SharpnessAwareTrainer) -> None:
+        self.trainer = trainer
+
+    def on_epoch_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.trainer._engine().set_epoch(math.floor((state.epoch or 0) + 1e-6))
+
+
 def _rows(inputs: dict[str, Any], rows: Any, size: int) -> dict[str, Any]:
     """The rows ``rows`` of every batch-shaped tensor of ``inputs``."""
     return {
@@ -73,6 +84,7 @@ class SharpnessAwareTrainer(Trainer):
         self, *args: Any, method: str | None = None, method_options: dict[str, Any] | None = None, **kwargs: Any
     ) -> None:
         super().__init__(*args, **kwargs)
+        self.add_callback(_Epochs(self))
         self.sam_method, self.sam_method_options = method, dict(method_options or {})
         if self.optimizer is None and method is None:
             raise ValueError(
@@ -118,13 +130,17 @@ class SharpnessAwareTrainer(Trainer):
         if self._signature_columns is not None and INDEX not in self._signature_columns:
             self._signature_columns.append(INDEX)  # keep the dataset index column for the engine
 
+    def create_scheduler(self, num_training_steps: int, optimizer: Any = None) -> Any:
+        self._engine()  # the prepared optimizer becomes ours before the scheduler wraps its step
+        return super().create_scheduler(num_training_steps, optimizer)
+
     def _engine(self) -> SharpnessAware:
         optimizer = self.optimizer
         engine = getattr(optimizer, "optimizer", optimizer)
         if not isinstance(engine, SharpnessAware):
             raise TypeError(f"SharpnessAwareTrainer needs a flatsam optimizer, got {type(engine).__name__}")
-        if not isinstance(optimizer, _TrainerOptimizer):  # the AcceleratedOptimizer the Trainer prepared
-            optimizer.__class__ = _TrainerOptimizer
+        if optimizer is not engine and not isinstance(optimizer, _TrainerOptimizer):
+            optimizer.__class__ = _TrainerOptimizer  # the AcceleratedOptimizer the Trainer prepared
         return engine
 
     # -- the step -----------------------------------------------------------------------------------
