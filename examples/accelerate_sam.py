@@ -28,7 +28,9 @@ def data(n: int = 512, seed: int = 0) -> TensorDataset:
 
 
 def main(mixed_precision: str = "no", accumulate: int = 2, epochs: int = 4) -> None:
-    accelerator = Accelerator(cpu=True, mixed_precision=mixed_precision, gradient_accumulation_steps=accumulate)
+    accelerator = Accelerator(
+        cpu=True, mixed_precision=mixed_precision, gradient_accumulation_steps=accumulate
+    )
     torch.manual_seed(0)
     train = flatsam.data.IndexedDataset(data())
     model = nn.Sequential(nn.Linear(20, 64), nn.ReLU(), nn.Linear(64, 4))
@@ -39,12 +41,16 @@ def main(mixed_precision: str = "no", accumulate: int = 2, epochs: int = 4) -> N
     loader = DataLoader(train, batch_size=32, shuffle=True, generator=torch.Generator().manual_seed(0))
     model, loader = accelerator.prepare(model, loader)
     opt = prepare(accelerator, opt)  # an AcceleratedOptimizer whose step takes closure(rows), index=
-    schedule = accelerator.prepare(torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * len(loader) // accumulate))
+    schedule = accelerator.prepare(
+        torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * len(loader) // accumulate)
+    )
     for epoch in range(epochs):
         opt.optimizer.set_epoch(epoch)
         for x, y, index in loader:
             with accelerator.accumulate(model):
-                info = opt.step(lambda rows: F.cross_entropy(model(x[rows]), y[rows], reduction="none"), index=index)
+                info = opt.step(
+                    lambda rows: F.cross_entropy(model(x[rows]), y[rows], reduction="none"), index=index
+                )
                 schedule.step()
             if info is not None:
                 last = info

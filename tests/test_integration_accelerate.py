@@ -49,7 +49,9 @@ def losses(model, x, y):
 
 
 def accelerated(mixed_precision: str = "no"):
-    accelerator = Accelerator(cpu=True, mixed_precision=mixed_precision, gradient_accumulation_steps=ACCUMULATE)
+    accelerator = Accelerator(
+        cpu=True, mixed_precision=mixed_precision, gradient_accumulation_steps=ACCUMULATE
+    )
     model, opt, schedule = setup()
     model, loader = accelerator.prepare(model, DataLoader(dataset(), batch_size=BATCH))
     opt = prepare(accelerator, opt)

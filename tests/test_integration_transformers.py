@@ -49,7 +49,9 @@ class InOrder(SharpnessAwareTrainer):
 
 
 def ausam(model: nn.Module, **over) -> flatsam.SharpnessAware:
-    return flatsam.AUSAM(model.parameters(), torch.optim.SGD, model=model, num_samples=N, **{**OPTIONS, **over})
+    return flatsam.AUSAM(
+        model.parameters(), torch.optim.SGD, model=model, num_samples=N, **{**OPTIONS, **over}
+    )
 
 
 def train(tmp_path, model: nn.Module, **kwargs) -> InOrder:

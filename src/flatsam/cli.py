@@ -43,6 +43,9 @@ CONFIG_HELP = {
     "pose_size": "pose input size in pixels (square crops)",
     "simcc_split": "SimCC splitting factor (bins per pixel)",
     "simcc_sigma": "SimCC label sigma in bins (default: 6 at 256 px, scaled to --pose-size)",
+    "amp": "mixed precision of the forward passes: bf16 (autocast) or fp16 (autocast and a GradScaler)",
+    "accumulate": "split each batch into this many micro-batches, one step over all (gradient accumulation)",
+    "log": "also log each epoch to: csv, tensorboard, wandb (comma-separated; wandb offline without network)",
 }
 COMPONENT_KINDS = ("schedule", "selection", "perturbation", "reuse")
 FLAGS = {
@@ -124,7 +127,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         method=spec.name, method_options=options, label=args.name or spec.display(), run_dir=run_dir
     )
     check_names(config)
-    result = Run(config, resume=args.resume, progress=not args.no_progress).run()
+    from flatsam.train import launch
+
+    with launch.distributed(config.device):  # joins torchrun's process group, if any
+        result = Run(config, resume=args.resume, progress=not args.no_progress).run()
+        if not launch.is_main():
+            return 0
     metric = "test accuracy"
     if config.task == "pose":
         metric = "PCKh@0.5" if result.get("final_test_pckh") is not None else "PCK@0.2"
@@ -239,6 +247,8 @@ def build_parser() -> argparse.ArgumentParser:
               flatsam train --method ausam --opt keep=0.3 --opt s_max=1.0
               flatsam train --quantize w4a4 --method sam --model resnet8 --subset 5000
               flatsam train --task pose --method ausam --epochs 10
+              flatsam train --quick --amp bf16 --accumulate 2 --log csv,tensorboard
+              torchrun --nproc_per_node=2 -m flatsam train --quick   # gloo on CPU, one shard per process
               flatsam report runs/bench/default
               flatsam methods --components"""),
     )

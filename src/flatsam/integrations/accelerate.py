@@ -66,7 +66,9 @@ def prepare(accelerator: Any, optimizer: Any) -> SharpnessAwareAcceleratedOptimi
         optimizer = accelerator.prepare_optimizer(optimizer)
     engine = optimizer.optimizer
     if not isinstance(engine, SharpnessAware):
-        raise TypeError(f"prepare needs a flatsam optimizer (e.g. flatsam.SAM(...)), got {type(engine).__name__}")
+        raise TypeError(
+            f"prepare needs a flatsam optimizer (e.g. flatsam.SAM(...)), got {type(engine).__name__}"
+        )
     optimizer.__class__ = SharpnessAwareAcceleratedOptimizer  # same state; only step() differs
     # an LR scheduler made before wraps the old step() on the instance: drop that wrapper (create the
     # schedulers after prepare() to keep their step-order check)

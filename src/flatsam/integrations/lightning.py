@@ -72,7 +72,7 @@ class SharpnessAwareMixin:
         """Per-sample losses (shape ``[len(rows)]``) of the rows ``rows`` of ``batch``, e.g.
         ``F.cross_entropy(self(x[rows]), y[rows], reduction="none")``."""
         raise NotImplementedError(
-            f"{type(self).__name__} must define sam_losses(self, batch, rows) -> per-sample losses of those rows"
+            f"{type(self).__name__} must define sam_losses(self, batch, rows) -> per-sample losses of the rows"
         )
 
     def sam_index(self, batch: Any) -> torch.Tensor | None:
@@ -88,13 +88,17 @@ class SharpnessAwareMixin:
         """One step of the flatsam optimizer on ``batch``, counted by Lightning, schedulers stepped."""
         optimizer = self.optimizers()  # type: ignore[attr-defined]
         if isinstance(optimizer, list):
-            raise TypeError(f"SharpnessAwareMixin drives one optimizer; configure_optimizers gave {len(optimizer)}")
+            raise TypeError(
+                f"SharpnessAwareMixin drives one optimizer; configure_optimizers gave {len(optimizer)}"
+            )
         engine = sharpness_aware(optimizer)
         scaler = getattr(self.trainer.precision_plugin, "scaler", None)  # type: ignore[attr-defined]
         hooks = optimizer if hasattr(optimizer, "_on_before_step") else None
         if hooks is not None:
             hooks._on_before_step()  # Lightning's step progress: global_step, max_steps
-        info = engine.step(lambda rows: self.sam_losses(batch, rows), index=self.sam_index(batch), scaler=scaler)
+        info = engine.step(
+            lambda rows: self.sam_losses(batch, rows), index=self.sam_index(batch), scaler=scaler
+        )
         if hooks is not None:
             hooks._on_after_step()
         self._step_schedulers("step")

@@ -81,7 +81,11 @@ class SharpnessAwareTrainer(Trainer):
     """A ``Trainer`` whose optimizer is a flatsam method; see the module docstring."""
 
     def __init__(
-        self, *args: Any, method: str | None = None, method_options: dict[str, Any] | None = None, **kwargs: Any
+        self,
+        *args: Any,
+        method: str | None = None,
+        method_options: dict[str, Any] | None = None,
+        **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         self.add_callback(_Epochs(self))
@@ -167,7 +171,7 @@ class SharpnessAwareTrainer(Trainer):
     ) -> torch.Tensor:
         """Both passes of the flatsam step (or, inside an accumulation cycle, collect this micro-batch);
         returns this micro-batch's share of the step's mean clean loss, detached."""
-        engine = self._engine()
+        self._engine()  # the prepared optimizer steps flatsam's way
         model.train()
         inputs = self._prepare_inputs(inputs)
         index = inputs.pop(INDEX, None)

@@ -97,6 +97,9 @@ class TrainConfig:
     pose_size: int = 64
     simcc_split: float = 2.0
     simcc_sigma: float | None = None
+    amp: str | None = None
+    accumulate: int = 1
+    log: str | None = None
 
     def __post_init__(self) -> None:
         checks = [
@@ -115,10 +118,15 @@ class TrainConfig:
             ("pose_size", self.pose_size >= 16, ">= 16"),
             ("simcc_split", self.simcc_split > 0, "> 0"),
             ("simcc_sigma", self.simcc_sigma is None or self.simcc_sigma > 0, "> 0"),
+            ("amp", self.amp in (None, "bf16", "fp16"), "'bf16', 'fp16' or unset"),
+            ("accumulate", self.accumulate >= 1, ">= 1"),
         ]
         for name, ok, valid in checks:
             if not ok:
                 raise ValueError(f"{name} must be {valid}, got {getattr(self, name)!r}")
+        from flatsam.train.loggers import parse
+
+        parse(self.log)
         if self.quantize:
             from flatsam.quant import parse_spec
 

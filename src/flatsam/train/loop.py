@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 from flatsam.data import Augment, ImageData, normalize
 from flatsam.engine import SharpnessAware, StepInfo
 from flatsam.methods import build_method
-from flatsam.train import records
+from flatsam.train import launch, loggers, records
 from flatsam.train.config import TrainConfig
 from flatsam.train.tasks import Task, build_model_for, classification_metrics, get_task
 
@@ -125,7 +125,8 @@ def load_data(config: TrainConfig) -> ImageData:
 
 def build(config: TrainConfig, data: ImageData | None = None) -> Setup:
     """Data, model, optimizer (the method with its base optimizer) and LR schedule of a run."""
-    device = resolve_device(config.device)
+    device = launch.device_for_rank(resolve_device(config.device))
+    launch.check_batch(config.batch_size, config.accumulate)
     if config.threads:
         torch.set_num_threads(config.threads)
     task = get_task(config)
@@ -164,6 +165,8 @@ def build(config: TrainConfig, data: ImageData | None = None) -> Setup:
         overrides=config.method_options,
         **base_kwargs,
     )
+    model = launch.wrap_model(model, device)  # DistributedDataParallel under torchrun
+    optimizer.model = model  # so the engine's ascent pass can skip DDP's all-reduce
     warmup = round(config.lr_warmup_epochs * steps_per_epoch)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total, warmup))
     augment = task.augment(data)
@@ -219,17 +222,25 @@ class Run:
         self.epoch_totals = Totals()
         self.metrics: list[dict[str, Any]] = []
         self._orders: tuple[int, torch.Tensor | None] = (-1, None)
+        self.scaler = launch.grad_scaler(config.amp, self.setup.device)
+        self.main = launch.is_main()  # rank 0 writes the files and draws the progress bar
         checkpoint = self.dir / records.CHECKPOINT
         if resume and checkpoint.exists():
             self._load(records.load_checkpoint(checkpoint))
         elif resume:
             raise FileNotFoundError(f"--resume: no checkpoint at {checkpoint}")
-        else:
+        elif self.main:
+            environment = {**records.environment(self.setup.device), "processes": launch.world_size()}
             records.write_json(
-                self.dir / records.CONFIG,
-                {"config": config.to_dict(), "environment": records.environment(self.setup.device)},
+                self.dir / records.CONFIG, {"config": config.to_dict(), "environment": environment}
             )
             records.write_jsonl(self.dir / records.METRICS, [])
+        names = loggers.parse(config.log)
+        self.loggers = (
+            loggers.open_loggers(names, self.dir, config.to_dict(), config.label or config.method)
+            if self.main
+            else []
+        )
 
     # -- checkpoints ----------------------------------------------------------------------------------
     def _state(self) -> dict[str, Any]:
@@ -238,7 +249,9 @@ class Run:
             "config": self.config.to_dict(),
             "epoch": self.epoch,
             "batch": self.batch,
-            "model": s.model.state_dict(),
+            "model": launch.unwrap(s.model).state_dict(),
+            "processes": launch.world_size(),
+            "scaler": None if self.scaler is None else self.scaler.state_dict(),
             "optimizer": s.optimizer.state_dict(),
             "scheduler": s.scheduler.state_dict(),
             "totals": self.totals.as_dict(),
@@ -249,55 +262,85 @@ class Run:
         }
 
     def _load(self, state: dict[str, Any]) -> None:
-        saved = {k: v for k, v in state["config"].items() if k not in ("run_dir", "threads", "epochs")}
+        saved = {k: v for k, v in state["config"].items() if k not in ("run_dir", "threads", "epochs", "log")}
         current = {k: v for k, v in self.config.to_dict().items() if k in saved}
         changed = sorted(k for k in saved if saved[k] != current[k])
         if changed:
             raise ValueError(f"cannot resume {self.dir}: the checkpoint was made with different {changed}")
+        processes = state.get("processes", 1)
+        if processes != launch.world_size():
+            raise ValueError(
+                f"cannot resume {self.dir} with {launch.world_size()} process(es): it was trained with "
+                f"{processes}"
+            )
         s = self.setup
-        s.model.load_state_dict(state["model"])
+        launch.unwrap(s.model).load_state_dict(state["model"])
+        if self.scaler is not None and state.get("scaler") is not None:
+            self.scaler.load_state_dict(state["scaler"])
         s.optimizer.load_state_dict(state["optimizer"])
         s.scheduler.load_state_dict(state["scheduler"])
         self.epoch, self.batch = state["epoch"], state["batch"]
         self.totals, self.epoch_totals = Totals(**state["totals"]), Totals(**state["epoch_totals"])
+        if not self.main:  # rank 0's part of an interrupted epoch is counted once, by rank 0
+            self.epoch_totals = Totals()
         self.metrics = state["metrics"]
         torch.set_rng_state(state["torch_rng"])
         if state["cuda_rng"] is not None:
             torch.cuda.set_rng_state_all(state["cuda_rng"])
-        records.write_jsonl(self.dir / records.METRICS, self.metrics)  # drop lines past the checkpoint
+        if self.main:
+            records.write_jsonl(self.dir / records.METRICS, self.metrics)  # drop lines past the checkpoint
 
     def _save(self) -> None:
-        records.save_checkpoint(self.dir / records.CHECKPOINT, self._state())
+        if self.main:
+            records.save_checkpoint(self.dir / records.CHECKPOINT, self._state())
 
     # -- training -------------------------------------------------------------------------------------
     def _step(self, epoch: int, batch: int) -> StepInfo:
+        """One step on this rank's share of the batch; with ``accumulate`` = k, one step over k
+        micro-batches of it (``step([closures], index=[...])``)."""
         s, cfg = self.setup, self.config
-        index = self._order(epoch)[batch * cfg.batch_size : (batch + 1) * cfg.batch_size]
+        index = launch.shard(self._order(epoch)[batch * cfg.batch_size : (batch + 1) * cfg.batch_size])
         device_index = index.to(s.device)
         x = s.train_x[device_index]
         if s.augment.active:
-            x = s.augment(x, torch.Generator().manual_seed(child_seed(cfg.seed, epoch, batch)))
+            ranked = (launch.rank(),) if launch.world_size() > 1 else ()
+            x = s.augment(x, torch.Generator().manual_seed(child_seed(cfg.seed, epoch, batch, *ranked)))
         y = s.train_y[device_index]
-        first: list[torch.Tensor] = []  # loss sum, correct count and rows of the step's first forward
-
-        def closure(rows: torch.Tensor) -> torch.Tensor:
-            rows = rows.to(s.device)
-            out = s.model(x[rows])
-            losses = s.task.loss(out, y[rows])
-            if not first:  # the first forward of a step runs at the unperturbed weights
-                correct, counted = s.task.hits(out, y[rows])
-                first.extend((losses.detach().sum(), correct, torch.tensor(counted)))
-            return losses
-
-        info = s.optimizer.step(closure, index=index)
+        firsts: list[list[torch.Tensor]] = []  # per micro-batch: loss sum, hits, rows of its first forward
+        if cfg.accumulate == 1:
+            info = s.optimizer.step(self._closure(x, y, firsts), index=index, scaler=self.scaler)
+        else:
+            parts = [p for p in torch.arange(len(index)).tensor_split(cfg.accumulate) if len(p)]
+            closures = [self._closure(x[p.to(s.device)], y[p.to(s.device)], firsts) for p in parts]
+            info = s.optimizer.step(closures, index=[index[p] for p in parts], scaler=self.scaler)
         self._schedule_lr(epoch, batch + 1)
         self.epoch_totals.add(info)
         if not info.skipped:
-            self.epoch_totals.loss_sum += float(first[0])
-            self.epoch_totals.correct += int(first[1])
-            self.epoch_totals.seen += int(first[2])
+            for first in firsts:
+                self.epoch_totals.loss_sum += float(first[0])
+                self.epoch_totals.correct += int(first[1])
+                self.epoch_totals.seen += int(first[2])
             self.epoch_totals.batch_rows += info.batch_size
         return info
+
+    def _closure(self, x: torch.Tensor, y: torch.Tensor, firsts: list[list[torch.Tensor]]):
+        """``closure(rows)`` → per-sample losses of rows of (x, y), forwards under ``--amp``'s autocast;
+        its first forward (at the unperturbed weights) leaves its loss sum and hits in ``firsts``."""
+        s = self.setup
+        first: list[torch.Tensor] = []
+        firsts.append(first)
+
+        def closure(rows: torch.Tensor) -> torch.Tensor:
+            rows = rows.to(s.device)
+            with launch.autocast(self.config.amp, s.device):
+                out = s.model(x[rows])
+                losses = s.task.loss(out, y[rows])
+            if not first:
+                correct, counted = s.task.hits(out, y[rows])
+                first.extend((losses.detach().float().sum(), correct, torch.tensor(counted)))
+            return losses
+
+        return closure
 
     def _order(self, epoch: int) -> torch.Tensor:
         """The epoch's sample order: a permutation seeded by (seed, epoch), so a resumed run sees the same,
@@ -305,7 +348,8 @@ class Run:
         if self._orders[0] != epoch:
             generator = torch.Generator().manual_seed(child_seed(self.config.seed, epoch))
             order = torch.randperm(len(self.setup.train_x), generator=generator)
-            self._orders = (epoch, self.setup.optimizer.selection.epoch_indices(epoch, order))
+            kept = self.setup.optimizer.selection.epoch_indices(epoch, order)
+            self._orders = (epoch, launch.padded(kept))  # every rank gets rows in every batch
         return self._orders[1]
 
     def _batches(self, epoch: int) -> int:
@@ -323,6 +367,7 @@ class Run:
 
     def _finish_epoch(self, epoch: int) -> dict[str, Any]:
         s, e = self.setup, self.epoch_totals
+        launch.sync_epoch(e, s.model, s.device)  # totals over the ranks, rank 0's BatchNorm statistics
         for key in (
             "steps",
             "ascents",
@@ -336,9 +381,10 @@ class Run:
         cfg = self.config
         tested: dict[str, float | None] = {"test_loss": None, "test_acc": None}
         if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
-            s.model.eval()
-            tested = s.task.evaluate(s.model, s.test_x, s.test_y, s.data)
-            s.model.train()
+            model = launch.unwrap(s.model)
+            model.eval()
+            tested = s.task.evaluate(model, s.test_x, s.test_y, s.data)
+            model.train()
         row = {
             "epoch": epoch,
             **train_figures(e),
@@ -354,7 +400,10 @@ class Run:
             "lr": s.optimizer.param_groups[0]["lr"],
         }
         self.metrics.append(row)
-        records.write_jsonl(self.dir / records.METRICS, self.metrics)
+        if self.main:
+            records.write_jsonl(self.dir / records.METRICS, self.metrics)
+        for logger in self.loggers:
+            logger.log(self.metrics)
         return row
 
     def run(self, interrupt_at: tuple[int, int] | None = None) -> dict[str, Any]:
@@ -364,7 +413,7 @@ class Run:
             total=cfg.epochs * s.steps_per_epoch,
             initial=self.epoch * s.steps_per_epoch + self.batch,
             desc=cfg.label or cfg.method,
-            disable=not self.progress,
+            disable=not (self.progress and self.main),
             unit="step",
             leave=False,
         )
@@ -395,8 +444,10 @@ class Run:
             ) from None
         finally:
             bar.close()
+            for logger in self.loggers:
+                logger.close()
         result = self._result()
-        if not self.keep_checkpoint:
+        if not self.keep_checkpoint and self.main:
             (self.dir / records.CHECKPOINT).unlink(missing_ok=True)
         return result
 
@@ -441,8 +492,11 @@ class Run:
             "forward_samples": t.forward_samples,
             "backward_samples": t.backward_samples,
             "images_per_s": t.samples / max(t.train_time, 1e-9),
+            "processes": launch.world_size(),
+            "weights_sha256": launch.all_digests(self.setup.model),  # one per rank: equal when in sync
         }
-        records.write_json(self.dir / records.RESULT, result)
+        if self.main:
+            records.write_json(self.dir / records.RESULT, result)
         return result
 
 
