@@ -72,7 +72,7 @@ class SharpnessAwareMixin:
         """Per-sample losses (shape ``[len(rows)]``) of the rows ``rows`` of ``batch``, e.g.
         ``F.cross_entropy(self(x[rows]), y[rows], reduction="none")``."""
         raise NotImplementedError(
-            f"{type(self).__name__} must define sam_losses(self, batch, rows) -> per-sample losses of the rows"
+            f"{type(self).__name__} must define sam_losses(self, batch, rows) -> per-sample losses"
         )
 
     def sam_index(self, batch: Any) -> torch.Tensor | None:
