@@ -16,5 +16,7 @@ if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
 # torch is pinned to 2.13.0 in pyproject.toml: on the project's machines that is a CPU wheel on disk.
-.venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+# FLATSAM_EXTRAS=dev,integrations also installs the framework adapters' extras (a few minutes more; their
+# tests are skipped without them).
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[${FLATSAM_EXTRAS:-dev}]"
 .venv/bin/python -c "import flatsam, torch; print(f'flatsam {flatsam.__version__} with torch {torch.__version__} ready')"
