@@ -111,3 +111,39 @@ def test_method_by_name_wraps_the_trainers_own_optimizer(tmp_path):
     assert isinstance(engine, flatsam.SharpnessAware) and isinstance(engine.base, torch.optim.AdamW)
     assert engine.rho == 0.2 and engine.step_count == STEPS
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+class _Stub:
+    """Just enough of a Trainer for per_sample_loss."""
+
+    class accelerator:  # noqa: N801
+        @staticmethod
+        def unwrap_model(model):
+            return model
+
+
+class TinyForCausalLM(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(1)
+        self.embed = nn.Embedding(5, 5)
+
+    def forward(self, input_ids):
+        return {"logits": self.embed(input_ids)}
+
+
+def test_per_sample_loss_of_token_logits_is_the_mean_over_counted_tokens():
+    model = TinyForCausalLM()
+    ids = torch.tensor([[1, 2, 3, 4], [4, 3, 2, 1]])
+    labels = torch.tensor([[1, 2, -100, 4], [4, -100, -100, 1]])
+    got = SharpnessAwareTrainer.per_sample_loss(_Stub(), model, {"input_ids": ids, "labels": labels})
+    logits = model(ids)["logits"]
+    expected = []
+    for row in range(2):  # a causal LM: the logits at t score the label at t + 1
+        terms = [
+            F.cross_entropy(logits[row, t][None], labels[row, t + 1][None])
+            for t in range(3)
+            if labels[row, t + 1] != -100
+        ]
+        expected.append(torch.stack(terms).mean())
+    torch.testing.assert_close(got, torch.stack(expected))
