@@ -316,7 +316,7 @@ class Run:
         self._schedule_lr(epoch, batch + 1)
         self.epoch_totals.add(info)
         if not info.skipped:
-            for first in firsts:
+            for first in filter(None, firsts):  # micro-batches whose closure ran
                 self.epoch_totals.loss_sum += float(first[0])
                 self.epoch_totals.correct += int(first[1])
                 self.epoch_totals.seen += int(first[2])
