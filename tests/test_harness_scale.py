@@ -147,3 +147,14 @@ def test_wandb_log_offline(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     Run(config(tmp_path, "wb", epochs=1, log="wandb"), progress=False).run()
     assert any((tmp_path / "wb" / "wandb").glob("offline-run-*"))
+
+
+def test_wandb_is_offline_without_a_key_or_an_explicit_mode(tmp_path, monkeypatch):
+    from flatsam.train.loggers import wandb_mode
+
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc
+    assert wandb_mode() == "offline"
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    assert wandb_mode() == "disabled"
