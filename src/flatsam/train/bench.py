@@ -12,8 +12,8 @@ from flatsam.methods import method_info
 from flatsam.train import records
 from flatsam.train.config import MethodSpec, TrainConfig
 from flatsam.train.loop import Run, load_data
-from flatsam.train.tasks import TASK_DEFAULTS
 from flatsam.train.report import find_runs, write_report
+from flatsam.train.tasks import TASK_DEFAULTS
 
 #: The CPU label-noise benchmark (spec/cpu-and-data.md §4): Fashion-MNIST, a seeded 2,000-image
 #: training subset with 40 % symmetric label noise, the small CNN, 30 epochs, clean 10k test set.
@@ -180,7 +180,7 @@ SUITES: dict[str, Suite] = {
         ("sgd", "sam", "ausam"),
     ),
     "pose": Suite(
-        "SimCC pose estimation on the stick-figure stand-in, Adam base, batch 64: SGD vs SAM vs AUSAM, 3 seeds",
+        "SimCC pose on the stick-figure stand-in, Adam base, batch 64: SGD vs SAM vs AUSAM, 3 seeds",
         POSE_CONFIG,
         ("sgd", "sam", "ausam"),
     ),
