@@ -252,9 +252,13 @@ class AEThreshold(Schedule):
 
 
 def relative_trend(history: torch.Tensor) -> float:
-    """Mean relative change (x[j+1] − x[j]) / x[j] over a history, clipped to [−1, 1] (vSAM). Terms whose
-    denominator is 0 are left out (0 when none is left): vSAM pads its histories with zeros and would turn
-    them into ±inf / NaN, which only happens before a window's worth of SAM steps has been recorded."""
+    """Mean relative change (x[j+1] − x[j]) / x[j] over a history, clipped to [−1, 1] (vSAM).
+
+    Terms whose denominator is 0 are left out (0 when none is left): our guard. vSAM pads its histories
+    with zeros and divides by every entry, which gives +inf for a change from 0 (its clip then says +1)
+    and NaN for 0 → 0 (a NaN quota, which its ``int(base_sr)`` refuses). That happens only while fewer
+    SAM steps than a window have been recorded, i.e. with a warm-up shorter than the window (flatsam's
+    default suite: 48 warm-up steps, window 50), which vSAM's 3-epoch CIFAR warm-up never is."""
     prev, diff = history[:-1], history[1:] - history[:-1]
     valid = prev != 0
     count = valid.sum()
