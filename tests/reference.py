@@ -194,11 +194,13 @@ class ReferenceAUSAM:
         w, l0, l1 = sharpness_aware_step(
             self.problem, self.opt, w, idx[rows], lambda _w, g: sam_epsilon(g, self.rho)
         )
-        dlp = (l1 - l0).abs().float()
-        chosen = idx[rows]
+        self.record(epoch, idx[rows], (l1 - l0).abs().float())
+        return w
+
+    def record(self, epoch: int, chosen: torch.Tensor, dlp: torch.Tensor) -> None:
+        """The DLP of the dataset indices ``chosen``: overwritten during the warm-up, then summed."""
         if epoch < self.warmup:
             self.S[chosen] = dlp
         else:
             self.S[chosen] += dlp
             self.C[chosen] += 1
-        return w

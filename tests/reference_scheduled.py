@@ -12,7 +12,7 @@ import math
 
 import torch
 
-from reference import MomentumSGD, Problem, global_norm, sam_epsilon
+from reference import MomentumSGD, Problem, ReferenceAUSAM, global_norm, sam_epsilon
 
 Weights = list[torch.Tensor]
 
@@ -303,3 +303,21 @@ class ReferenceSSSAM(_Base):
         self.t += 1
         self.ascents.append(ascend)
         return self.opt.step(w, self.sam_gradient(w, g, idx) if ascend else g)
+
+
+class ReferenceOnSampledRows:
+    """A schedule transcription composed with AUSAM's sampler: each step runs ``inner`` on the rows that
+    ``ReferenceAUSAM.rows`` draws (every row during its warm-up), and only the steps that ascend teach the
+    sampler their DLP = |ℓ(w+ε) − ℓ(w)| on those rows (a plain step has no ℓ(w+ε))."""
+
+    def __init__(self, inner: _Base, sampler: ReferenceAUSAM, with_epoch: bool) -> None:
+        self.inner, self.sampler, self.with_epoch = inner, sampler, with_epoch
+        self.problem, self.opt, self.ascents = inner.problem, inner.opt, inner.ascents
+
+    def step(self, w: Weights, epoch: int, idx: torch.Tensor) -> Weights:
+        sub = idx[self.sampler.rows(epoch, idx)]
+        w = self.inner.step(w, epoch, sub) if self.with_epoch else self.inner.step(w, sub)  # type: ignore[call-arg]
+        if self.inner.ascents[-1]:
+            assert self.inner.loss_before is not None and self.inner.loss_after is not None
+            self.sampler.record(epoch, sub, (self.inner.loss_after - self.inner.loss_before).abs().float())
+        return w

@@ -26,8 +26,15 @@ from helpers import (
     same,
 )
 from helpers import closure_for as per_sample
-from reference import MomentumSGD, Problem, tiny_mlp, toy_data
-from reference_scheduled import ReferenceAESAM, ReferenceARSAM, ReferenceLookSAM, ReferenceSSSAM
+from reference import MomentumSGD, Problem, ReferenceAUSAM, tiny_mlp, toy_data
+from reference_scheduled import (
+    ReferenceAESAM,
+    ReferenceARSAM,
+    ReferenceEveryKPSF,
+    ReferenceLookSAM,
+    ReferenceOnSampledRows,
+    ReferenceSSSAM,
+)
 
 F64 = torch.float64
 
@@ -408,38 +415,53 @@ def test_registry_needs_total_steps_for_ae_methods():
 # -- composition --------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("schedule", "reuse"),
-    [
-        (lambda: AEThreshold(total_steps=12, init="first"), LookSAMReuse),
-        (lambda: ARSAMWindow(window=4, blocks=2, warmup_epochs=1, seed=3), PSFReuse),
-        (lambda: EveryK(3), PSFReuse),
-    ],
-)
-def test_composition_with_adlp_sampling(schedule, reuse):
-    x, y = toy_data()
-    model = tiny_mlp()
-    before = [p.detach().clone() for p in model.parameters()]
+#: schedule + reuse composed with ADLP sampling, and the transcription of each composed rule
+COMPOSED = {
+    "ae+looksam": (
+        lambda: AEThreshold(total_steps=12, init="first"),
+        LookSAMReuse,
+        lambda p, o: ReferenceAESAM(p, o, rho=0.05, total_steps=12, first=True, alpha=0.7),
+        False,
+    ),
+    # 3 warm-up steps and a window of 4: the first window update takes the zero guard
+    "arsam+psf": (
+        lambda: ARSAMWindow(window=4, blocks=2, warmup_epochs=1, seed=3),
+        PSFReuse,
+        lambda p, o: ReferenceARSAM(
+            p, o, 0.05, 4, 2, 0.8, (0.13, 0.13), last_layer=10, beta=0.7, reuse_steps=6, warmup=1, seed=3
+        ),
+        True,
+    ),
+    "every3+psf": (
+        lambda: EveryK(3),
+        PSFReuse,
+        lambda p, o: ReferenceEveryKPSF(p, o, rho=0.05, k=3, beta=0.7, reuse_steps=6),
+        True,
+    ),
+}
+
+
+@pytest.mark.parametrize("name", COMPOSED)
+def test_composition_with_adlp_sampling_matches_the_composed_transcription(name):
+    schedule, reuse, inner, with_epoch = COMPOSED[name]
+    x, y, model, problem = setup()
+    ref_opt = MomentumSGD(LR, MOMENTUM, WD)
+    ausam = ReferenceAUSAM(problem, ref_opt, 24, 0.05, 0.5, 0.1, 0.5, ramp=30, warmup=1, seed=2)
+    ref = ReferenceOnSampledRows(inner(problem, ref_opt), ausam, with_epoch)
     sampler = flatsam.ADLPSampler(24, keep=0.5, warmup_epochs=1, seed=2)
     opt = flatsam.SharpnessAware(
         model.parameters(), torch.optim.SGD, schedule=schedule(), selection=sampler, reuse=reuse(), **KW
     )
-    kinds = set()
-    for epoch in range(3):
-        opt.set_epoch(epoch)
-        for idx in torch.arange(24).split(8):
-            info = opt.step(per_sample(model, x, y, idx), index=idx)
-            rows = 8 if epoch == 0 else 4  # AUSAM's warm-up uses every row, then half of them
-            assert not info.skipped and math.isfinite(info.loss)
-            assert info.descent_rows == rows and info.ascent_rows == (rows if info.ascent else 0)
-            assert info.backward_passes == (2 if info.ascent else 1)
-            kinds.add((epoch > 0, info.ascent))
-    assert {(True, True), (True, False)} <= kinds
-    assert (sampler.dlp_count > 1).any()  # the sampler learned from the ascent steps after its warm-up
-    assert all(
-        torch.isfinite(p).all() and not torch.equal(p, q)
-        for p, q in zip(model.parameters(), before, strict=True)
-    )
+    w, infos = run_pair(ref, opt, model, x, y, epochs=4, batch=8, with_epoch=True)
+    assert [i.ascent for i in infos] == ref.ascents
+    assert_matches(model, opt, w, ref.opt)
+    torch.testing.assert_close(sampler.dlp_sum, ausam.S, rtol=1e-6, atol=1e-7)
+    assert torch.equal(sampler.dlp_count, ausam.C)
+    for step, info in enumerate(infos):
+        rows = 8 if step < 3 else 4  # AUSAM's warm-up uses every row, then half of them
+        assert info.descent_rows == rows and info.ascent_rows == (rows if info.ascent else 0)
+    # both kinds of step after the warm-up, and the sampler learned from the ascents there
+    assert {True, False} <= set(ref.ascents[3:]) and (sampler.dlp_count > 1).any()
 
 
 # -- distributed --------------------------------------------------------------------------------------------
