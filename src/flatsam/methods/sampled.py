@@ -37,6 +37,8 @@ class StatisticsInEveryPass:
         return iter(())
 
     def __getattr__(self, name: str) -> Any:
+        if name == "module":  # not set yet (a copy being built): no recursion
+            raise AttributeError(name)
         return getattr(self.module, name)
 
 
