@@ -58,8 +58,9 @@ class ESAM(SharpnessAware):
     BatchNorm (with ``model`` given): ``bn_updates="first"`` (default, the engine's policy for every
     method) updates the running statistics in the clean pass only. The official code (``utils/Esam.py``)
     keeps the model in train mode for all three forwards, so the statistics also move in the no-grad
-    forward at w+ε and in the descent pass on the selected rows: ``bn_updates="every"`` does that.
-    Either way every forward normalises with its own batch statistics.
+    forward at w+ε and in the descent pass on the selected rows: ``bn_updates="every"`` does that
+    (``opt.model`` is then a ``StatisticsInEveryPass`` view of the model, which hides its BatchNorm
+    layers from the engine). Either way every forward normalises with its own batch statistics.
     """
 
     def __init__(
