@@ -281,9 +281,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument(
         "--suite",
-        choices=[
-            "default", "quick", "all", "long-n40", "long-n20", "long-clean", "ablation", "quant", "pose"
-        ],  # fmt: skip
+        choices=["default", "quick", "all", "long-n40", "long-n20", "long-clean", "ablation", "quant",
+                 "pose"],
         default="default",
         help="default: sgd, sam, ausam × 3 seeds; all: every method and two compositions; long-n40/long-n20: "
         "the long regime (5× the steps) at 40 %%/20 %% label noise with SAM at SGD's budget and controls; "
