@@ -193,6 +193,10 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
         model.train()
 
 
+#: Settings a resumed run may change: where it runs and with how many threads (neither changes a number).
+RESUME_MAY_CHANGE = ("run_dir", "threads")
+
+
 class Interrupted(Exception):
     """Raised after a Ctrl-C (or a test's simulated one) once the checkpoint is safely written."""
 
@@ -221,7 +225,7 @@ class Run:
         self._orders: tuple[int, torch.Tensor | None] = (-1, None)
         checkpoint = self.dir / records.CHECKPOINT
         if resume and checkpoint.exists():
-            self._load(records.load_checkpoint(checkpoint))
+            self._load(records.load_checkpoint(checkpoint), checkpoint)
         elif resume:
             raise FileNotFoundError(f"--resume: no checkpoint at {checkpoint}")
         else:
@@ -235,7 +239,7 @@ class Run:
     def _state(self) -> dict[str, Any]:
         s = self.setup
         return {
-            "config": self.config.to_dict(),
+            "config": records.plain_config(self.config.to_dict()),
             "epoch": self.epoch,
             "batch": self.batch,
             "model": s.model.state_dict(),
@@ -248,18 +252,22 @@ class Run:
             "cuda_rng": torch.cuda.get_rng_state_all() if s.device.type == "cuda" else None,
         }
 
-    def _load(self, state: dict[str, Any]) -> None:
-        saved = {k: v for k, v in state["config"].items() if k not in ("run_dir", "threads", "epochs")}
-        current = {k: v for k, v in self.config.to_dict().items() if k in saved}
-        changed = sorted(k for k in saved if saved[k] != current[k])
+    def _load(self, state: dict[str, Any], path: Path) -> None:
+        saved = {k: v for k, v in state["config"].items() if k not in RESUME_MAY_CHANGE}
+        current = records.plain_config(self.config.to_dict())
+        changed = sorted(k for k in saved if saved[k] != current.get(k))
         if changed:
             raise ValueError(f"cannot resume {self.dir}: the checkpoint was made with different {changed}")
         s = self.setup
-        s.model.load_state_dict(state["model"])
-        s.optimizer.load_state_dict(state["optimizer"])
-        s.scheduler.load_state_dict(state["scheduler"])
+        try:
+            s.model.load_state_dict(state["model"])
+            s.optimizer.load_state_dict(state["optimizer"])
+            s.scheduler.load_state_dict(state["scheduler"])
+            self.totals, self.epoch_totals = Totals(**state["totals"]), Totals(**state["epoch_totals"])
+        except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as error:
+            detail = " ".join(str(error).split())[:300]
+            raise records.CheckpointError(f"checkpoint {path} does not fit this run: {detail}") from None
         self.epoch, self.batch = state["epoch"], state["batch"]
-        self.totals, self.epoch_totals = Totals(**state["totals"]), Totals(**state["epoch_totals"])
         self.metrics = state["metrics"]
         torch.set_rng_state(state["torch_rng"])
         if state["cuda_rng"] is not None:

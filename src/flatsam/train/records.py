@@ -13,6 +13,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from flatsam.safe_load import CheckpointError, digest, load_tensors
+
 CONFIG, METRICS, RESULT, CHECKPOINT = "config.json", "metrics.jsonl", "result.json", "checkpoint.pt"
 
 
@@ -52,13 +54,50 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+#: The entries of a training checkpoint and their types: only what ``torch.load(weights_only=True)`` admits.
+CHECKPOINT_SCHEMA: dict[str, type | tuple[type, ...]] = {
+    "config": dict,
+    "epoch": int,
+    "batch": int,
+    "model": dict,
+    "optimizer": dict,
+    "scheduler": dict,
+    "totals": dict,
+    "epoch_totals": dict,
+    "metrics": list,
+    "torch_rng": torch.Tensor,
+    "cuda_rng": (list, type(None)),
+}
+
+
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    atomic_write(path, lambda f: torch.save(state, f))
+    """Write ``state`` (plain types only) with a digest of its contents, atomically."""
+    atomic_write(path, lambda f: torch.save({**state, "digest": digest(state)}, f))
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
-    # our own file: it holds generator states and numpy scalars, so the full unpickler is needed
-    return torch.load(path, map_location="cpu", weights_only=False)
+    """A training checkpoint, read without running code and checked against ``CHECKPOINT_SCHEMA`` and its
+    digest; anything else is a one-line ``CheckpointError`` naming the file."""
+    state = load_tensors(path, "checkpoint")
+    if not isinstance(state, dict):
+        raise CheckpointError(f"checkpoint {path} is not a flatsam checkpoint (a {type(state).__name__})")
+    missing = sorted(set(CHECKPOINT_SCHEMA) - set(state))
+    if missing:
+        raise CheckpointError(f"checkpoint {path} is not a flatsam checkpoint (missing {missing})")
+    for key, kind in CHECKPOINT_SCHEMA.items():
+        if not isinstance(state[key], kind) or isinstance(state[key], bool):
+            raise CheckpointError(f"checkpoint {path}: {key!r} has type {type(state[key]).__name__}")
+    if not all(isinstance(v, torch.Tensor) for v in state["model"].values()):
+        raise CheckpointError(f"checkpoint {path}: 'model' holds entries that are not tensors")
+    saved = state.pop("digest", None)  # absent in checkpoints written before digests: not checked
+    if saved is not None and saved != digest(state):
+        raise CheckpointError(f"checkpoint {path} has been altered or damaged (its digest does not match)")
+    return state
+
+
+def plain_config(config: dict[str, Any]) -> dict[str, Any]:
+    """``config`` as ``config.json`` stores it (tuples become lists): how configurations are compared."""
+    return json.loads(json.dumps(config, sort_keys=True))
 
 
 def cpu_name() -> str:
