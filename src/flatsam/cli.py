@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
+import os
 import shlex
 import sys
 import textwrap
@@ -400,20 +402,61 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: Errors that come from what the user gave (flags, files, folders): exit status 2, one line.
+USER_ERRORS = (ValueError, KeyError, TypeError, OSError)
+
+
+def describe(error: BaseException) -> str:
+    """One line for ``error``: file-system errors say what failed where, in plain words."""
+    if isinstance(error, OSError) and not isinstance(error, FileNotFoundError) and error.errno is not None:
+        where = f" {error.filename}" if error.filename else ""
+        reason = {
+            errno.ENOSPC: "no space left on the device",
+            errno.EDQUOT: "disk quota exceeded",
+            errno.EROFS: "the file system is read-only",
+            errno.EACCES: "permission denied",
+            errno.EPERM: "operation not permitted",
+        }.get(error.errno, error.strerror or str(error))
+        return f"cannot write{where}: {reason}; files written before are intact"
+    text = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
+    return " ".join(str(text).split()) or type(error).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run the command line; errors of the input are one line on stderr with exit status 2 (set
+    ``FLATSAM_DEBUG=1`` for the traceback), Ctrl-C is 130, a closed output pipe ends quietly."""
     from flatsam.train.loop import Interrupted
 
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     args.argv = argv
+    debug = os.environ.get("FLATSAM_DEBUG", "") not in ("", "0")
     try:
         return args.func(args)
     except Interrupted as stop:
         print(f"flatsam: {stop}", file=sys.stderr)
         return 128 + stop.signum
-    except (ValueError, FileNotFoundError, KeyError) as error:
-        print(f"flatsam: error: {error}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("flatsam: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # e.g. `flatsam methods | head`: the reader has gone, so has the output
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
+    except USER_ERRORS as error:
+        if debug:
+            raise
+        print(f"flatsam: error: {describe(error)}", file=sys.stderr)
         return 2
+    except Exception as error:
+        if debug:
+            raise
+        print(
+            f"flatsam: internal error: {type(error).__name__}: {describe(error)} (FLATSAM_DEBUG=1 shows the "
+            "traceback; please report it)",
+            file=sys.stderr,
+        )
+        return 1
 
 
 if __name__ == "__main__":

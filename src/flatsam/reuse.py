@@ -27,7 +27,7 @@ class LookSAMReuse(Reuse):
     """LookSAM's reuse (Liu et al., CVPR 2022): on steps without ascent, g ← g + α·(‖g‖/‖g_v‖)·g_v.
 
     g_v = g_s − ‖g_s‖·cos(g, g_s)·g/‖g‖ is the part of the SAM gradient g_s orthogonal to the clean
-    gradient g, stored at the last ascent step (spec §5.4). Until the first ascent the plain gradient is
+    gradient g, stored at the last ascent step. Until the first ascent the plain gradient is
     used. α = 0.7 is the paper's default (also in the unofficial codes below).
 
     ``norm="global"`` (default) reads ‖·‖ and cos over the whole parameter vector, as the paper's

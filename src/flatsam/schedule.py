@@ -97,7 +97,7 @@ class Bernoulli(Schedule):
 
     SS-SAM draws a Bernoulli trial per step with p_t from a scheduling function (the summaries name
     constant, piecewise, linear and trigonometric ones); its headline setting is the constant p = 0.5,
-    1.5 passes per step on average (marktechpost/syncedreview summaries of the paper, spec §5.5). The exact
+    1.5 passes per step on average (from secondary summaries of the paper: unverified). The exact
     non-constant functions were not retrievable; flatsam's are ramps from ``p_start`` to ``p_end`` over
     ``total_steps`` (t = ``ctx.step``, held at the end afterwards), all with mean (p_start + p_end)/2:
 
@@ -171,16 +171,15 @@ class AEThreshold(Schedule):
         c_t  = (t/T) λ1 + (1 − t/T) λ2                  (t = 1 … T, held at λ1 after T)
         SAM step  ⇔  ‖g_t‖² ≥ μ_t + c_t σ_t
 
-    The rule and δ = 0.9, λ1 = −1, λ2 = 1 are those of the paper as transcribed by the formula sheet
-    junaidaliop/zij ``canon/math/aesam.md`` and the spec (§3, defaults recalled, not re-verified; the
+    The rule and δ = 0.9, λ1 = −1, λ2 = 1 are the paper's as far as could be checked: unverified (the
     paper's full text and code were not retrievable). With a Gaussian ‖g‖² the SAM fraction sweeps from
     Φ(−1) ≈ 16 % to Φ(1) ≈ 84 %, 50 % on average. Choices the sources leave open, with the alternative:
 
-    - ``init="zero"`` (default): μ_0 = σ²_0 = 0, the recursion as written from t = 1 (the spec's reading),
+    - ``init="zero"`` (default): μ_0 = σ²_0 = 0, the recursion as written from t = 1 (our reading),
       so the first steps are SAM steps while the average warms up; ``init="first"``: μ_1 = ‖g_1‖², σ²_1 = 0.
-    - ``variance_mean="current"`` (default, as the formula sheet writes it): the deviation is taken from
+    - ``variance_mean="current"`` (default, the recursion as written): the deviation is taken from
       μ_t; ``"previous"``: from μ_{t−1} (Welford-like).
-    - c_t per iteration over ``total_steps`` T (the formula sheet's "T the total number of iterations");
+    - c_t per iteration over ``total_steps`` T (T the total number of iterations; unverified);
       giving ``total_epochs`` instead makes c_t per epoch, with t/T = (epoch + 1)/total_epochs.
 
     The statistics stay float64 tensors on the gradient's device; the decision is the only host sync.
@@ -280,7 +279,7 @@ class ARSAMWindow(Schedule):
     window, the other steps reuse the stored PSF (see ``PSFReuse``).
 
     ARSAM's code was not retrievable; this follows its precursor, the authors' vSAM code
-    (github.com/ajiaaa/vSAM ``vsam/vsam.py``, ``train_vsam.py``; spec §2(c)), step for step:
+    (github.com/ajiaaa/vSAM ``vsam/vsam.py``, ``train_vsam.py``), step for step:
 
     - the first ``warmup_epochs`` (3) epochs are full SAM; then a counter t starts at 1;
     - on every SAM step the histories of the last K values of r = ‖PSF‖_N/‖g‖_N, of ‖PSF‖_N and of

@@ -154,7 +154,7 @@ class ADLPSampler(Selection):
 
     Defaults and behaviour follow the authors' code (github.com/ajiaaa/AUSAM, ``sam/ausam.py`` and
     ``train.py``: alpha 0.5, fmin 0.1, fmax 0.5, trans_epoch 30, warm-up = epoch 0). Options for the
-    points the paper and the code leave open (spec §1(f)), all off by default:
+    points the paper and the code leave open, all off by default:
 
     - ``average="ema"``: ADLP ← β·ADLP + (1−β)·DLP with ``ema_decay`` β (the code's commented-out line,
       β = 0.5) instead of the all-history mean.

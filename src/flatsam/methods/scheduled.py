@@ -68,9 +68,9 @@ class AESAM(SharpnessAware):
     """AE-SAM (Jiang, Yang, Zhang, Kwok, ICLR 2023): every step runs the clean pass; a SAM step follows
     when ‖g‖² ≥ μ_t + c_t·σ_t (EMA statistics, c_t linear from λ2 to λ1), else the clean gradient is used.
 
-    δ = 0.9, λ1 = −1, λ2 = 1 (paper, recalled; see ``AEThreshold`` for the open choices ``init`` and
+    δ = 0.9, λ1 = −1, λ2 = 1 (the paper's, unverified; see ``AEThreshold`` for the open choices ``init`` and
     ``variance_mean``). Needs ``total_steps`` (or ``total_epochs`` for a per-epoch c_t). ρ = 0.05: the
-    paper follows the SAM baseline's recipe (ESAM protocol, ResNet-18 on CIFAR), recalled, not verified.
+    paper follows the SAM baseline's recipe (ESAM protocol, ResNet-18 on CIFAR): unverified.
     """
 
     def __init__(
@@ -202,12 +202,12 @@ _SAM_RHO = Default(0.05, "SAM's CIFAR-10 value (Foret et al., ICLR 2021); the pa
 _LOOKSAM = "Liu et al., CVPR 2022"
 _AESAM = "Jiang et al., ICLR 2023"
 _AE_DEFAULTS = {
-    "rho": Default(0.05, "SAM baseline recipe the paper follows (ESAM protocol, ResNet-18); recalled"),
-    "delta": Default(0.9, f"{_AESAM} (recalled; formula sheet junaidaliop/zij canon/math/aesam.md)"),
-    "lambda1": Default(-1.0, f"{_AESAM} (recalled)"),
-    "lambda2": Default(1.0, f"{_AESAM} (recalled)"),
-    "init": Default("zero", "μ_0 = σ_0² = 0, the recursion as written (spec §3(b)); source silent"),
-    "variance_mean": Default("current", "σ² around μ_t, as the formula sheet writes it"),
+    "rho": Default(0.05, "SAM baseline recipe the paper follows (ESAM protocol, ResNet-18); unverified"),
+    "delta": Default(0.9, f"{_AESAM}; unverified"),
+    "lambda1": Default(-1.0, f"{_AESAM}; unverified"),
+    "lambda2": Default(1.0, f"{_AESAM}; unverified"),
+    "init": Default("zero", "μ_0 = σ_0² = 0, the recursion as written; the paper is silent (unverified)"),
+    "variance_mean": Default("current", "σ² around μ_t, the recursion as written (unverified)"),
 }
 _VSAM = "authors' vSAM code, github.com/ajiaaa/vSAM train_vsam.py"
 

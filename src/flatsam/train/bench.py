@@ -15,7 +15,7 @@ from flatsam.train.loop import Run, check_method, load_data
 from flatsam.train.report import find_runs, write_report
 from flatsam.train.rundir import RUN_FILES, RunFolderError
 
-#: The CPU label-noise benchmark (spec/cpu-and-data.md §4): Fashion-MNIST, a seeded 2,000-image
+#: The CPU label-noise benchmark: Fashion-MNIST, a seeded 2,000-image
 #: training subset with 40 % symmetric label noise, the small CNN, 30 epochs, clean 10k test set.
 #: SGD with Nesterov momentum peaks at lr 0.02 after a 9-epoch linear warm-up (30 %, like the OneCycle
 #: schedule of that probe), then cosine to 0. Measured while choosing it (seed 0–2, ρ = 0.1): at peak lr

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
+
+import torch
 
 from flatsam.losses import SMOOTHING_FORMS
 
@@ -54,6 +57,16 @@ class MethodSpec:
 
     def display(self) -> str:
         return self.label or self.name
+
+
+def valid_device(name: str) -> bool:
+    """``name`` is ``auto`` or a device string torch parses (whether it is present is checked later)."""
+    if name == "auto":
+        return True
+    try:
+        return torch.device(name).type in ("cpu", "cuda")
+    except (RuntimeError, TypeError):
+        return False
 
 
 @dataclass
@@ -115,7 +128,13 @@ class TrainConfig:
             ("pose_size", self.pose_size >= 16, ">= 16"),
             ("simcc_split", self.simcc_split > 0, "> 0"),
             ("simcc_sigma", self.simcc_sigma is None or self.simcc_sigma > 0, "> 0"),
+            ("threads", self.threads is None or self.threads >= 1, ">= 1 (or unset: torch's default)"),
+            ("device", valid_device(self.device), "cpu, cuda, cuda:N or auto"),
         ]
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"{f.name} must be a finite number, got {value}")
         for name, ok, valid in checks:
             if not ok:
                 raise ValueError(f"{name} must be {valid}, got {getattr(self, name)!r}")
