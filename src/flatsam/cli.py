@@ -10,6 +10,7 @@ import shlex
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 from flatsam.train.config import MethodSpec, TrainConfig, parse_options
 
@@ -78,7 +79,7 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
 
 def overlay(config: TrainConfig, args: argparse.Namespace) -> TrainConfig:
     names = {f.name for f in dataclasses.fields(TrainConfig)}
-    return config.replace(**{k: v for k, v in vars(args).items() if k in names})
+    return config.replace(**{k: v for k, v in vars(args).items() if k in names and v is not None})
 
 
 def with_task_defaults(config: TrainConfig, args: argparse.Namespace) -> TrainConfig:
@@ -99,6 +100,11 @@ def check_names(config: TrainConfig) -> None:
     from flatsam.pose import POSE_DATASETS
 
     method_info(config.method)
+    if config.data_dir is not None and not Path(config.data_dir).expanduser().exists():
+        raise FileNotFoundError(
+            f"--data-dir {config.data_dir} does not exist (give the folder or tarball "
+            "that holds the dataset, or leave it out to use the default places)"
+        )
     if config.task == "pose":
         if config.dataset not in POSE_DATASETS:
             raise ValueError(f"unknown pose dataset {config.dataset!r}; valid: {', '.join(POSE_DATASETS)}")
@@ -111,10 +117,16 @@ def check_names(config: TrainConfig) -> None:
 # -- subcommands ----------------------------------------------------------------------------------------
 
 
+def quick_settings(dataset: str) -> dict[str, Any]:
+    """``--quick``: 2 epochs on 600 training images (all 512 of the synthetic set)."""
+    return {"subset": None if dataset == "synthetic" else 600, "epochs": 2}
+
+
 def given_config(args: argparse.Namespace) -> TrainConfig:
     """The configuration of a new run from the command line (defaults, task defaults, flags, method)."""
-    config = TrainConfig(subset=600, epochs=2) if args.quick else TrainConfig()
-    config = overlay(with_task_defaults(config, args), args)
+    config = overlay(with_task_defaults(TrainConfig(), args), args)
+    if args.quick:
+        config = overlay(config.replace(**quick_settings(config.dataset)), args)
     spec = MethodSpec.parse(args.method or "ausam")
     parts = {kind: getattr(args, kind) for kind in COMPONENT_KINDS if getattr(args, kind) is not None}
     if parts and spec.name != "custom":
@@ -149,12 +161,13 @@ def resumed_config(run_dir: Path, args: argparse.Namespace) -> TrainConfig:
         saved = TrainConfig.from_dict(records.read_json(path)["config"])
     except (ValueError, KeyError, TypeError) as error:
         raise ValueError(f"--resume: {path} is not a flatsam run configuration ({error})") from None
-    given = {k: v for k, v in vars(args).items() if k in {f.name for f in dataclasses.fields(TrainConfig)}}
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    given = {k: v for k, v in vars(args).items() if k in fields and v is not None}
     if args.method is not None or args.opt or any(getattr(args, kind) for kind in COMPONENT_KINDS):
         method = given_config(args)
         given.update(method=method.method, method_options=method.method_options)
     if args.quick:
-        given.update(subset=600, epochs=2)
+        given = {**quick_settings(given.get("dataset", saved.dataset)), **given}
     old, new = records.plain_config(saved.to_dict()), records.plain_config(given)
     differ = [
         f"{k}={new[k]!r} (the run has {old[k]!r})"
@@ -171,7 +184,7 @@ def resumed_config(run_dir: Path, args: argparse.Namespace) -> TrainConfig:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from flatsam.train.loop import Run
+    from flatsam.train.loop import Run, check_method
 
     if args.resume and args.overwrite:
         raise ValueError("--resume and --overwrite exclude each other")
@@ -181,6 +194,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     else:
         config = given_config(args).replace(run_dir=str(run_dir))
     check_names(config)
+    check_method(config)
     result = Run(config, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress).run()
     metric = "test accuracy"
     if config.task == "pose":
@@ -334,7 +348,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--overwrite", action="store_true", help="replace a run already in the run folder (deletes its files)"
     )
-    train.add_argument("--quick", action="store_true", help="600 images, 2 epochs")
+    train.add_argument(
+        "--quick", action="store_true", help="600 images (the synthetic set: all 512), 2 epochs"
+    )
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     compose = train.add_argument_group("composition (with --method custom; options as --opt KIND.KEY=VALUE)")
     for kind in COMPONENT_KINDS:
