@@ -208,3 +208,35 @@ def test_hostile_report_inputs_are_skipped_or_escaped(tmp_path, capsys):
         assert str(runs / name) in err
     table = (tmp_path / "out" / "results.md").read_text()
     assert "a\\|b&lt;script&gt;x&lt;/script&gt; c" in table and "<script>" not in table
+
+
+def test_truncated_tiny_imagenet_cache_is_rebuilt(tmp_path):
+    import numpy as np
+
+    from flatsam.data import tiny_imagenet
+
+    path = tmp_path / "cache.npz"
+    np.savez(path, pixels=np.zeros((2, tiny_imagenet.SIZE, tiny_imagenet.SIZE, 3), np.uint8))
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.warns(UserWarning, match="rebuilt"):
+        assert tiny_imagenet._load_cache(path, 2) is None
+
+
+def test_bench_epochs_keep_the_suites_warmup_fraction(tmp_path, capsys):
+    out = tmp_path / "b"
+    argv = [
+        "bench",
+        "--quick",
+        "--epochs",
+        "3",
+        "--out",
+        str(out),
+        "--no-progress",
+        "--methods",
+        "sgd",
+        *SMALL,
+    ]
+    assert main(argv) == 0
+    assert "LR warm-up 0.9 epochs" in capsys.readouterr().err  # the quick suite: 9 of 30 epochs
+    config = json.loads((out / "runs" / "sgd-s0" / records.CONFIG).read_text())["config"]
+    assert config["epochs"] == 3 and config["lr_warmup_epochs"] == pytest.approx(0.9)
