@@ -207,6 +207,8 @@ def load_full_precision(model: nn.Module, path: str | Path) -> None:
     path = Path(path)
     if path.is_dir():
         path = path / "checkpoint.pt"
+    if not path.is_file():
+        raise FileNotFoundError(f"quantize_init: no checkpoint at {path}")
     state = load_tensors(path, "quantize_init checkpoint")
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
         state = state["model"]

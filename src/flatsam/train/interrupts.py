@@ -7,6 +7,8 @@ once, without writing (the last checkpoint on disk stays as it was).
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
 import sys
 import threading
@@ -30,11 +32,13 @@ class DeferredInterrupt:
         if self.received is not None:
             raise KeyboardInterrupt
         self.request(signum)
-        print(
+        message = (
             f"\nflatsam: {signal.Signals(signum).name} received: stopping after the current step with a "
-            "checkpoint (again to stop at once, without one)",
-            file=sys.stderr,
+            "checkpoint (again to stop at once, without one)\n"
         )
+        # a raw write: the handler may run inside a buffered write to stderr (the progress bar)
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            os.write(sys.stderr.fileno(), message.encode())
 
     def __enter__(self) -> DeferredInterrupt:
         if threading.current_thread() is threading.main_thread():

@@ -438,11 +438,12 @@ class Run:
                     ) from None
                 result = self._result()
         except KeyboardInterrupt:
-            kept = (
-                f"the last checkpoint ({checkpoint}) is kept" if checkpoint.exists() else "no checkpoint yet"
-            )
+            if checkpoint.exists():
+                kept = f"the last checkpoint ({checkpoint}) is kept; continue with --resume"
+            else:
+                kept = "no checkpoint yet; start again with --overwrite"
             raise Interrupted(
-                f"stopped at once; {kept}; continue with --resume",
+                f"stopped at once; {kept}",
                 stop.received or signal.SIGINT,
                 saved=False,
             ) from None

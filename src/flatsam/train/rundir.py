@@ -91,8 +91,13 @@ def claim(folder: Path, *, resume: bool, overwrite: bool) -> FolderLock:
     try:
         present = [name for name in RUN_FILES if (folder / name).exists()]
         if resume and CHECKPOINT not in present:
-            finished = " (the run finished and its checkpoint was deleted)" if RESULT in present else ""
-            raise FileNotFoundError(f"--resume: no checkpoint at {folder / CHECKPOINT}{finished}")
+            if RESULT in present:
+                why = " (the run finished and its checkpoint was deleted)"
+            elif present:
+                why = " (the run stopped before its first checkpoint: start it again with --overwrite)"
+            else:
+                why = ""
+            raise FileNotFoundError(f"--resume: no checkpoint at {folder / CHECKPOINT}{why}")
         if present and not resume and not overwrite:
             what = "a finished run" if RESULT in present else "an unfinished run"
             raise RunFolderError(
