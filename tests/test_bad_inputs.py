@@ -240,3 +240,26 @@ def test_bench_epochs_keep_the_suites_warmup_fraction(tmp_path, capsys):
     assert "LR warm-up 0.9 epochs" in capsys.readouterr().err  # the quick suite: 9 of 30 epochs
     config = json.loads((out / "runs" / "sgd-s0" / records.CONFIG).read_text())["config"]
     assert config["epochs"] == 3 and config["lr_warmup_epochs"] == pytest.approx(0.9)
+
+
+def test_report_shows_settings_that_differ_and_finds_references_by_method(tmp_path):
+    from flatsam.train.report import RunRecord, describe_setup, summarize
+
+    def record(label: str, method: str, lr: float, time: float) -> RunRecord:
+        result = dict(
+            method=method,
+            label=label,
+            seed=0,
+            final_test_acc=0.5,
+            best_test_acc=0.5,
+            train_time=time,
+            cost=1.0,
+            ascent_fraction=0.0,
+        )
+        return RunRecord(tmp_path, {"lr": lr, "method_options": {}}, {"cpu": "x"}, result, [])
+
+    runs = [record("plain SGD", "sgd", 0.1, 10.0), record("SAM|0.05", "sam", 0.2, 20.0)]
+    assert "lr=0.1 / 0.2 (differs)" in describe_setup(runs)
+    rows = {row.label: row for row in summarize(runs)}
+    assert rows["plain SGD"].speedup_vs_sam == pytest.approx(2.0)
+    assert rows["SAM|0.05"].speedup_vs_sgd == pytest.approx(0.5)
