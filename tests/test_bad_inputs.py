@@ -199,13 +199,17 @@ def test_hostile_report_inputs_are_skipped_or_escaped(tmp_path, capsys):
         (runs / name).mkdir()
         (runs / name / records.RESULT).write_text(text)
         (runs / name / records.METRICS).write_text((runs / "good" / records.METRICS).read_text())
+    (runs / "bad-metrics").mkdir()
+    (runs / "bad-metrics" / records.RESULT).write_text(json.dumps(result))
+    (runs / "bad-metrics" / records.METRICS).write_text('{"epoch": 0}\nnot json\n')
     (runs / "unfinished").mkdir()
     (runs / "unfinished" / records.CONFIG).write_text("{}")
     assert main(["report", str(runs), "--out", str(tmp_path / "out")]) == 0
     err = capsys.readouterr().err
-    assert "Traceback" not in err and "skipped 5 unreadable run(s)" in err and "unfinished" in err
-    for name in bad:
+    assert "Traceback" not in err and "skipped 6 unreadable run(s)" in err and "unfinished" in err
+    for name in [*bad, "bad-metrics"]:
         assert str(runs / name) in err
+    assert f"{runs / 'bad-metrics' / records.METRICS}, line 2" in err
     table = (tmp_path / "out" / "results.md").read_text()
     assert "a\\|b&lt;script&gt;x&lt;/script&gt; c" in table and "<script>" not in table
 
