@@ -425,7 +425,7 @@ USER_ERRORS = (ValueError, KeyError, TypeError, OSError)
 def describe(error: BaseException) -> str:
     """One line for ``error``: file-system errors say what failed where, in plain words."""
     if isinstance(error, OSError) and not isinstance(error, FileNotFoundError) and error.errno is not None:
-        where = f" {error.filename}" if error.filename else ""
+        where = f"{error.filename}: " if error.filename else ""
         reason = {
             errno.ENOSPC: "no space left on the device",
             errno.EDQUOT: "disk quota exceeded",
@@ -433,7 +433,8 @@ def describe(error: BaseException) -> str:
             errno.EACCES: "permission denied",
             errno.EPERM: "operation not permitted",
         }.get(error.errno, error.strerror or str(error))
-        return f"cannot write{where}: {reason}; files written before are intact"
+        kept = error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO)
+        return f"{where}{reason}{'; the files written before are intact' if kept else ''}"
     text = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
     return " ".join(str(text).split()) or type(error).__name__
 
