@@ -1,7 +1,7 @@
 # flatsam: `make bench-quick` (set up and run the one-minute benchmark), `make test` (set up and test).
 PY := .venv/bin/python
 
-.PHONY: setup test test-slow bench bench-quick bench-all bench-long bench-ablation lint
+.PHONY: setup test test-slow bench bench-quick bench-all bench-long bench-ablation bench-tasks lint
 setup: .venv/.installed
 .venv/.installed: pyproject.toml scripts/setup.sh
 	bash scripts/setup.sh
@@ -29,6 +29,10 @@ bench-long: setup
 
 bench-ablation: setup
 	$(PY) -m flatsam bench --suite ablation --out bench/ablation
+
+bench-tasks: setup
+	$(PY) -m flatsam bench --suite quant --out bench/quant
+	$(PY) -m flatsam bench --suite pose --out bench/pose
 
 lint: setup
 	$(PY) -m ruff check src tests examples

@@ -57,13 +57,21 @@ class Problem:
 
     A model with BatchNorm runs in train mode (batch statistics in every forward). Its running
     statistics live in ``buffers``; only the first forward after ``new_step()`` updates them (the
-    engine's documented policy: the first forward of a step), later forwards work on a throw-away copy.
+    engine's documented policy: the first forward of a step), later forwards work on a throw-away copy;
+    with ``every_forward`` every forward updates them (ESAM's official code).
     """
 
     def __init__(
-        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, smoothing: float = 0.0, form: str = "torch"
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        smoothing: float = 0.0,
+        form: str = "torch",
+        every_forward: bool = False,
     ) -> None:
         self.model, self.x, self.y, self.smoothing, self.form = model, x, y, smoothing, form
+        self.every_forward = every_forward
         self.names = [n for n, _ in model.named_parameters()]
         self.buffers = {n: b.detach().clone() for n, b in model.named_buffers()}
         self.fresh = True
@@ -78,7 +86,8 @@ class Problem:
         self, w: list[torch.Tensor], idx: torch.Tensor, weights: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         leaves = [t.detach().clone().requires_grad_() for t in w]
-        buffers = self.buffers if self.fresh else {n: b.clone() for n, b in self.buffers.items()}
+        keep = self.fresh or self.every_forward
+        buffers = self.buffers if keep else {n: b.clone() for n, b in self.buffers.items()}
         self.fresh = False
         state = {**dict(zip(self.names, leaves, strict=True)), **buffers}
         out = functional_call(self.model, state, (self.x[idx],))
@@ -194,11 +203,13 @@ class ReferenceAUSAM:
         w, l0, l1 = sharpness_aware_step(
             self.problem, self.opt, w, idx[rows], lambda _w, g: sam_epsilon(g, self.rho)
         )
-        dlp = (l1 - l0).abs().float()
-        chosen = idx[rows]
+        self.record(epoch, idx[rows], (l1 - l0).abs().float())
+        return w
+
+    def record(self, epoch: int, chosen: torch.Tensor, dlp: torch.Tensor) -> None:
+        """The DLP of the dataset indices ``chosen``: overwritten during the warm-up, then summed."""
         if epoch < self.warmup:
             self.S[chosen] = dlp
         else:
             self.S[chosen] += dlp
             self.C[chosen] += 1
-        return w

@@ -12,11 +12,92 @@ import math
 
 import torch
 
-from reference import MomentumSGD, Problem, global_norm, sam_epsilon
+from reference import MomentumSGD, Problem, asam_epsilon, global_norm, sam_epsilon
+
+Weights = list[torch.Tensor]
 
 
 def plus(w: list[torch.Tensor], e: list[torch.Tensor]) -> list[torch.Tensor]:
     return [wi + ei for wi, ei in zip(w, e, strict=True)]
+
+
+# -- perturbations: ε from (w, g), and what happens after the step ------------------------------------------
+
+
+class SAMEpsilon:
+    """ε = ρ g/(‖g‖ + 1e-12)."""
+
+    def __init__(self, rho: float) -> None:
+        self.rho = rho
+
+    def __call__(self, w: Weights, g: Weights) -> Weights:
+        return sam_epsilon(g, self.rho)
+
+    def after_step(self, tensors: int) -> None:
+        pass
+
+
+class ASAMEpsilon(SAMEpsilon):
+    """ASAM's ε = ρ T²g/(‖Tg‖ + 1e-16), T = |w| + η on the tensors marked ``scaled``, identity elsewhere."""
+
+    def __init__(self, rho: float, eta: float, scaled: list[bool]) -> None:
+        super().__init__(rho)
+        self.eta, self.scaled = eta, scaled
+
+    def __call__(self, w: Weights, g: Weights) -> Weights:
+        return asam_epsilon(w, g, self.rho, self.eta, self.scaled)
+
+
+class NoisyEpsilon(SAMEpsilon):
+    """ε = ρ g̃/(‖g̃‖ + 1e-12), g̃ = g + ξ: one draw of d standard normals (own generator, seed ``seed``)
+    times σ‖g‖/√d, split over the tensors in order."""
+
+    def __init__(self, rho: float, sigma: float, seed: int) -> None:
+        super().__init__(rho)
+        self.sigma = sigma
+        self.gen = torch.Generator().manual_seed(seed)
+
+    def __call__(self, w: Weights, g: Weights) -> Weights:
+        d = sum(gi.numel() for gi in g)
+        xi = torch.randn(d, generator=self.gen, dtype=torch.float64)
+        std = self.sigma * global_norm(g) / math.sqrt(d)
+        noisy, start = [], 0
+        for gi in g:
+            noisy.append(gi + std * xi[start : start + gi.numel()].reshape(gi.shape))
+            start += gi.numel()
+        return sam_epsilon(noisy, self.rho)
+
+
+class SWPEpsilon(SAMEpsilon):
+    """ESAM's stochastic weight perturbation (dydjw9/Efficient_SAM utils/Esam.py): the tensors excluded in
+    this step's clean pass get no gradient, so no ε and no part in ‖g‖; ε = ρ/(‖g‖ + 1e-7)/β · g over the
+    others; after the step one uniform per tensor (own generator), excluded next step when above β. A draw
+    excluding every tensor excludes none (flatsam's guard)."""
+
+    def __init__(self, rho: float, beta: float, seed: int) -> None:
+        super().__init__(rho)
+        self.beta = beta
+        self.gen = torch.Generator().manual_seed(seed)
+        self.excluded: list[bool] | None = None
+        self.steps_with_frozen = 0
+        self.guard_hits = 0
+
+    def __call__(self, w: Weights, g: Weights) -> Weights:
+        excluded = self.excluded or [False] * len(g)
+        if all(excluded):
+            excluded = [False] * len(excluded)
+            self.guard_hits += 1
+        if any(excluded):
+            self.steps_with_frozen += 1
+        n = global_norm([gi for gi, out in zip(g, excluded, strict=True) if not out])
+        return [
+            torch.zeros_like(gi) if out else self.rho / (n + 1e-7) / self.beta * gi
+            for gi, out in zip(g, excluded, strict=True)
+        ]
+
+    def after_step(self, tensors: int) -> None:
+        u = torch.rand(tensors, generator=self.gen)
+        self.excluded = [float(u[i]) > self.beta for i in range(tensors)]
 
 
 def top_positions(values: torch.Tensor, k: int) -> torch.Tensor:
@@ -28,11 +109,10 @@ def top_positions(values: torch.Tensor, k: int) -> torch.Tensor:
 class ReferenceESAM:
     """ESAM as in the authors' code (dydjw9/Efficient_SAM utils/Esam.py).
 
-    Clean pass on the batch with the excluded tensors frozen (they get no gradient, no ε); ε = ρ/(‖g‖ +
-    1e-7)/β · g over the others; a no-grad forward at w+ε gives the instance sharpness; descent rows are
-    those strictly above the k-th largest sharpness, k = int(B·γ) (exact top-k if asked, or if the strict
-    rule keeps nothing; every row if γ ≥ 0.99); base step; then one uniform per tensor, excluded for the
-    next step when it exceeds β. A draw excluding every tensor excludes none (flatsam's guard).
+    Clean pass on the batch; ε from ``perturbation`` (by default ESAM's stochastic weight perturbation,
+    ``SWPEpsilon``); a no-grad forward at w+ε gives the instance sharpness; descent rows are those strictly
+    above the k-th largest sharpness, k = int(B·γ) (exact top-k if asked, or if the strict rule keeps
+    nothing; every row if γ ≥ 0.99); base step; then the perturbation's ``after_step``.
     """
 
     def __init__(
@@ -44,30 +124,17 @@ class ReferenceESAM:
         gamma: float,
         seed: int,
         exact_topk: bool = False,
+        perturbation: SAMEpsilon | None = None,
     ) -> None:
         self.problem, self.opt = problem, opt
-        self.rho, self.beta, self.gamma, self.exact_topk = rho, beta, gamma, exact_topk
-        self.gen = torch.Generator().manual_seed(seed)
-        self.excluded = [False] * len(problem.names)
-        self.steps_with_frozen = 0
-        self.guard_hits = 0
+        self.gamma, self.exact_topk = gamma, exact_topk
+        self.perturbation = perturbation or SWPEpsilon(rho, beta, seed)
         self.descent_sizes: list[int] = []
 
     def step(self, w: list[torch.Tensor], idx: torch.Tensor) -> list[torch.Tensor]:
         self.problem.new_step()
-        excluded = list(self.excluded)
-        if all(excluded):
-            excluded = [False] * len(excluded)
-            self.guard_hits += 1
-        if any(excluded):
-            self.steps_with_frozen += 1
         loss_before, g = self.problem.losses_and_grads(w, idx)
-        kept = [gi for gi, out in zip(g, excluded, strict=True) if not out]
-        n = global_norm(kept)
-        e = [
-            torch.zeros_like(gi) if out else self.rho / (n + 1e-7) / self.beta * gi
-            for gi, out in zip(g, excluded, strict=True)
-        ]
+        e = self.perturbation(w, g)
         loss_after, _ = self.problem.losses_and_grads(plus(w, e), idx)
         sharpness = loss_after - loss_before
         batch = len(idx)
@@ -82,16 +149,24 @@ class ReferenceESAM:
         self.descent_sizes.append(len(rows))
         _, g_sam = self.problem.losses_and_grads(plus(w, e), idx[rows])
         w = self.opt.step(w, g_sam)
-        u = torch.rand(len(w), generator=self.gen)
-        self.excluded = [float(u[i]) > self.beta for i in range(len(w))]
+        self.perturbation.after_step(len(w))
         return w
 
 
 class ReferenceKSAM:
-    """K-SAM: losses of every row at w, both SAM passes on the k = max(1, ⌊keep·B⌋) highest."""
+    """K-SAM: losses of every row at w, both SAM passes on the k = max(1, ⌊keep·B⌋) highest (ε from
+    ``perturbation``, SAM's by default)."""
 
-    def __init__(self, problem: Problem, opt: MomentumSGD, rho: float, keep: float) -> None:
-        self.problem, self.opt, self.rho, self.keep = problem, opt, rho, keep
+    def __init__(
+        self,
+        problem: Problem,
+        opt: MomentumSGD,
+        rho: float,
+        keep: float,
+        perturbation: SAMEpsilon | None = None,
+    ) -> None:
+        self.problem, self.opt, self.keep = problem, opt, keep
+        self.perturbation = perturbation or SAMEpsilon(rho)
 
     def step(self, w: list[torch.Tensor], idx: torch.Tensor) -> list[torch.Tensor]:
         self.problem.new_step()
@@ -99,48 +174,57 @@ class ReferenceKSAM:
         rows = top_positions(scores, max(1, math.floor(self.keep * len(idx))))
         sub = idx[rows]
         _, g = self.problem.losses_and_grads(w, sub)
-        _, g_sam = self.problem.losses_and_grads(plus(w, sam_epsilon(g, self.rho)), sub)
-        return self.opt.step(w, g_sam)
+        _, g_sam = self.problem.losses_and_grads(plus(w, self.perturbation(w, g)), sub)
+        w = self.opt.step(w, g_sam)
+        self.perturbation.after_step(len(w))
+        return w
 
 
 class ReferenceMicroBatchSAM:
-    """Ascent gradient g on m rows drawn by randperm (row generator, seed s); g̃ = g + ξ with one draw
-    of d standard normals (noise generator, seed s + 1) times σ‖g‖/√d; ε = ρ g̃/(‖g̃‖ + 1e-12); descent
-    gradient at w+ε on every row."""
+    """Ascent gradient g on m rows drawn by randperm (row generator, seed s); ε from ``perturbation``, by
+    default ``NoisyEpsilon`` with σ and seed s + 1; descent gradient at w+ε on every row."""
 
     def __init__(
-        self, problem: Problem, opt: MomentumSGD, rho: float, m: int, sigma: float, seed: int
+        self,
+        problem: Problem,
+        opt: MomentumSGD,
+        rho: float,
+        m: int,
+        sigma: float,
+        seed: int,
+        perturbation: SAMEpsilon | None = None,
     ) -> None:
-        self.problem, self.opt, self.rho, self.m, self.sigma = problem, opt, rho, m, sigma
+        self.problem, self.opt, self.m = problem, opt, m
         self.rows_gen = torch.Generator().manual_seed(seed)
-        self.noise_gen = torch.Generator().manual_seed(seed + 1)
+        self.perturbation = perturbation or NoisyEpsilon(rho, sigma, seed + 1)
 
     def step(self, w: list[torch.Tensor], idx: torch.Tensor) -> list[torch.Tensor]:
         self.problem.new_step()
         rows = torch.randperm(len(idx), generator=self.rows_gen)[: min(self.m, len(idx))]
         _, g = self.problem.losses_and_grads(w, idx[rows])
-        d = sum(gi.numel() for gi in g)
-        xi = torch.randn(d, generator=self.noise_gen, dtype=torch.float64)
-        std = self.sigma * global_norm(g) / math.sqrt(d)
-        noisy, start = [], 0
-        for gi in g:
-            noisy.append(gi + std * xi[start : start + gi.numel()].reshape(gi.shape))
-            start += gi.numel()
-        n = global_norm(noisy)
-        e = [self.rho * gi / (n + 1e-12) for gi in noisy]
-        _, g_sam = self.problem.losses_and_grads(plus(w, e), idx)
-        return self.opt.step(w, g_sam)
+        _, g_sam = self.problem.losses_and_grads(plus(w, self.perturbation(w, g)), idx)
+        w = self.opt.step(w, g_sam)
+        self.perturbation.after_step(len(w))
+        return w
 
 
 class ReferenceUniform:
     """Epochs < warmup: SAM on every row (AUSAM's warm-up). Later: both SAM passes on the first ⌊keep·B⌋
-    entries of a randperm of the batch positions."""
+    entries of a randperm of the batch positions. ε from ``perturbation``, SAM's by default."""
 
     def __init__(
-        self, problem: Problem, opt: MomentumSGD, rho: float, keep: float, warmup: int, seed: int
+        self,
+        problem: Problem,
+        opt: MomentumSGD,
+        rho: float,
+        keep: float,
+        warmup: int,
+        seed: int,
+        perturbation: SAMEpsilon | None = None,
     ) -> None:
-        self.problem, self.opt, self.rho, self.keep, self.warmup = problem, opt, rho, keep, warmup
+        self.problem, self.opt, self.keep, self.warmup = problem, opt, keep, warmup
         self.gen = torch.Generator().manual_seed(seed)
+        self.perturbation = perturbation or SAMEpsilon(rho)
 
     def step(self, w: list[torch.Tensor], epoch: int, idx: torch.Tensor) -> list[torch.Tensor]:
         self.problem.new_step()
@@ -150,8 +234,10 @@ class ReferenceUniform:
             rows = torch.randperm(len(idx), generator=self.gen)[: max(1, math.floor(self.keep * len(idx)))]
         sub = idx[rows]
         _, g = self.problem.losses_and_grads(w, sub)
-        _, g_sam = self.problem.losses_and_grads(plus(w, sam_epsilon(g, self.rho)), sub)
-        return self.opt.step(w, g_sam)
+        _, g_sam = self.problem.losses_and_grads(plus(w, self.perturbation(w, g)), sub)
+        w = self.opt.step(w, g_sam)
+        self.perturbation.after_step(len(w))
+        return w
 
 
 class ReferenceInfoBatch:

@@ -12,7 +12,7 @@ import math
 
 import torch
 
-from reference import MomentumSGD, Problem, global_norm, sam_epsilon
+from reference import MomentumSGD, Problem, ReferenceAUSAM, global_norm, sam_epsilon
 
 Weights = list[torch.Tensor]
 
@@ -26,16 +26,23 @@ def plus(a: Weights, b: Weights, scale: float = 1.0) -> Weights:
 
 
 class _Base:
+    """Plumbing of the schedule transcriptions; the per-sample losses of the last clean and perturbed
+    passes are kept (``loss_before``, ``loss_after``) for a sampler that learns from them."""
+
     def __init__(self, problem: Problem, opt: MomentumSGD, rho: float) -> None:
         self.problem, self.opt, self.rho = problem, opt, rho
         self.ascents: list[bool] = []
+        self.loss_before: torch.Tensor | None = None
+        self.loss_after: torch.Tensor | None = None
 
     def clean(self, w: Weights, idx: torch.Tensor) -> Weights:
-        return self.problem.losses_and_grads(w, idx)[1]
+        self.loss_before, g = self.problem.losses_and_grads(w, idx)
+        return g
 
     def sam_gradient(self, w: Weights, g: Weights, idx: torch.Tensor) -> Weights:
         """Gradient at w + ρ g/‖g‖."""
-        return self.problem.losses_and_grads(plus(w, sam_epsilon(g, self.rho)), idx)[1]
+        self.loss_after, gs = self.problem.losses_and_grads(plus(w, sam_epsilon(g, self.rho)), idx)
+        return gs
 
 
 def looksam_gv(g: Weights, gs: Weights, per_tensor: bool) -> Weights:
@@ -136,9 +143,71 @@ class ReferenceAESAM(_Base):
         return self.opt.step(w, update)
 
 
-class ReferenceARSAM(_Base):
+class _PSFReuse(_Base):
+    """vSAM's ``opt_sam`` / ``opt_sgd`` (ajiaaa/vSAM vsam/vsam.py): a SAM step stores PSF = g_SAM − g and
+    resets the weight to 1; the next plain steps add weight·PSF, the weight multiplied by β first, while it
+    is above β^reuse_steps."""
+
+    def __init__(self, problem: Problem, opt: MomentumSGD, rho: float, beta: float, reuse_steps: int) -> None:
+        super().__init__(problem, opt, rho)
+        self.beta, self.reuse_steps = beta, reuse_steps
+        self.hp2_ = beta
+        self.so_g: Weights | None = None
+
+    def sam_step(self, w: Weights, idx: torch.Tensor) -> tuple[Weights, Weights, Weights]:
+        """The SAM step; returns the new weights, g and the PSF."""
+        self.hp2_ = 1.0
+        g = self.clean(w, idx)
+        gs = self.sam_gradient(w, g, idx)
+        self.so_g = [b - a for a, b in zip(g, gs, strict=True)]
+        self.ascents.append(True)
+        return self.opt.step(w, gs), g, self.so_g
+
+    def opt_sgd(self, w: Weights, idx: torch.Tensor) -> Weights:
+        g = self.clean(w, idx)
+        if self.so_g is not None and self.hp2_ > pow(self.beta, self.reuse_steps):
+            self.hp2_ = self.hp2_ * self.beta
+            g = plus(g, self.so_g, self.hp2_)
+        self.ascents.append(False)
+        return self.opt.step(w, g)
+
+
+class ReferenceEveryKPSF(_PSFReuse):
+    """A SAM step at t mod k = 0 (t from 0), PSF reuse on the others: ``EveryK`` composed with
+    ``PSFReuse``."""
+
+    def __init__(
+        self, problem: Problem, opt: MomentumSGD, rho: float, k: int, beta: float, reuse_steps: int
+    ) -> None:
+        super().__init__(problem, opt, rho, beta, reuse_steps)
+        self.k, self.t = k, 0
+
+    def step(self, w: Weights, epoch: int, idx: torch.Tensor) -> Weights:
+        self.problem.new_step()
+        w = self.sam_step(w, idx)[0] if self.t % self.k == 0 else self.opt_sgd(w, idx)
+        self.t += 1
+        return w
+
+
+def clipped_mean_change(x: list[float]) -> tuple[float, int]:
+    """vSAM's clip(mean((x[i+1] − x[i]) / x[i]), −1, 1), and how many terms the zero guard left out.
+
+    vSAM divides by every x[i]. Its histories start as zeros, so until a window's worth of SAM steps has
+    been recorded (flatsam's default suite: a 48-step warm-up, a 50-step window) that division gives
+    +inf (0 → a positive value: its clip then says +1) or NaN (0 → 0: a NaN quota, which its
+    ``int(base_sr)`` refuses). vSAM never gets there (its warm-up of 3 CIFAR epochs is far longer than
+    the window), so it has no rule to follow; flatsam's documented rule (``relative_trend``) is
+    transcribed instead: terms whose denominator is 0 are left out, and the mean of no term is 0.
+    """
+    changes = [(x[i + 1] - x[i]) / x[i] for i in range(len(x) - 1) if x[i] != 0]
+    mean = sum(changes) / len(changes) if changes else 0.0
+    return min(1.0, max(-1.0, mean)), len(x) - 1 - len(changes)
+
+
+class ReferenceARSAM(_PSFReuse):
     """ARSAM as its precursor, the authors' vSAM code (ajiaaa/vSAM vsam/vsam.py ``step``, ``opt_sam``,
-    ``opt_sgd``, ``get_var``), line by line in plain Python lists and floats."""
+    ``opt_sgd``, ``get_var``), line by line in plain Python lists and floats. ``skipped`` records, per
+    window update, how many zero-denominator terms the guard of ``clipped_mean_change`` left out."""
 
     def __init__(
         self,
@@ -155,9 +224,8 @@ class ReferenceARSAM(_Base):
         warmup: int,
         seed: int,
     ) -> None:
-        super().__init__(problem, opt, rho)
-        self.K, self.blocks, self.gains, self.N = K, blocks, gains, last_layer
-        self.beta, self.reuse_steps, self.warmup = beta, reuse_steps, warmup
+        super().__init__(problem, opt, rho, beta, reuse_steps)
+        self.K, self.blocks, self.gains, self.N, self.warmup = K, blocks, gains, last_layer, warmup
         self.max_sr = int(K * max_p)
         self.flag_batch_num = 1
         self.sr_now = 0
@@ -166,10 +234,9 @@ class ReferenceARSAM(_Base):
         self.psf_norms = [0.0] * K
         self.ratios = [0.0] * K
         self.vars = [0.0] * K
-        self.hp2_ = beta
-        self.so_g: Weights | None = None
         self.gen = torch.Generator().manual_seed(seed)
         self.base_srs: list[float] = []
+        self.skipped: list[int] = []
 
     def get_var(self) -> float:
         size = len(self.psf_norms) // self.blocks
@@ -181,32 +248,15 @@ class ReferenceARSAM(_Base):
         return sum(block_vars) / self.blocks
 
     def opt_sam(self, w: Weights, idx: torch.Tensor) -> Weights:
-        self.hp2_ = 1.0
         self.sr_now += 1
-        g = self.clean(w, idx)
-        gs = self.sam_gradient(w, g, idx)
-        self.so_g = [b - a for a, b in zip(g, gs, strict=True)]
+        w, g, psf = self.sam_step(w, idx)
         tail = [i for i in range(len(w)) if i > len(w) - (self.N + 1)]
         og_norm = float(global_norm([g[i] for i in tail]))
-        psf_norm = float(global_norm([self.so_g[i] for i in tail]))
+        psf_norm = float(global_norm([psf[i] for i in tail]))
         self.psf_norms = (self.psf_norms + [psf_norm])[-self.K :]
         self.ratios = (self.ratios + [psf_norm / og_norm])[-self.K :]
         self.vars.append(self.get_var())
-        self.ascents.append(True)
-        return self.opt.step(w, gs)
-
-    def opt_sgd(self, w: Weights, idx: torch.Tensor) -> Weights:
-        g = self.clean(w, idx)
-        if self.so_g is not None and self.hp2_ > pow(self.beta, self.reuse_steps):
-            self.hp2_ = self.hp2_ * self.beta
-            g = plus(g, self.so_g, self.hp2_)
-        self.ascents.append(False)
-        return self.opt.step(w, g)
-
-    @staticmethod
-    def clipped_mean_change(x: list[float]) -> float:
-        changes = [(x[i + 1] - x[i]) / x[i] for i in range(len(x) - 1)]
-        return min(1.0, max(-1.0, sum(changes) / len(changes)))
+        return w
 
     def step(self, w: Weights, epoch: int, idx: torch.Tensor) -> Weights:
         self.problem.new_step()
@@ -216,7 +266,9 @@ class ReferenceARSAM(_Base):
             return w
         if self.flag_batch_num % self.K == 0:
             self.vars = self.vars[-self.K :]
-            dr, dv = self.clipped_mean_change(self.ratios), self.clipped_mean_change(self.vars)
+            dr, skipped_r = clipped_mean_change(self.ratios)
+            dv, skipped_v = clipped_mean_change(self.vars)
+            self.skipped.append(skipped_r + skipped_v)
             self.base_sr = self.base_sr * (1 + self.gains[0] * dr + self.gains[1] * dv)
             if self.base_sr > self.max_sr:
                 self.base_sr = self.max_sr
@@ -251,3 +303,21 @@ class ReferenceSSSAM(_Base):
         self.t += 1
         self.ascents.append(ascend)
         return self.opt.step(w, self.sam_gradient(w, g, idx) if ascend else g)
+
+
+class ReferenceOnSampledRows:
+    """A schedule transcription composed with AUSAM's sampler: each step runs ``inner`` on the rows that
+    ``ReferenceAUSAM.rows`` draws (every row during its warm-up), and only the steps that ascend teach the
+    sampler their DLP = |ℓ(w+ε) − ℓ(w)| on those rows (a plain step has no ℓ(w+ε))."""
+
+    def __init__(self, inner: _Base, sampler: ReferenceAUSAM, with_epoch: bool) -> None:
+        self.inner, self.sampler, self.with_epoch = inner, sampler, with_epoch
+        self.problem, self.opt, self.ascents = inner.problem, inner.opt, inner.ascents
+
+    def step(self, w: Weights, epoch: int, idx: torch.Tensor) -> Weights:
+        sub = idx[self.sampler.rows(epoch, idx)]
+        w = self.inner.step(w, epoch, sub) if self.with_epoch else self.inner.step(w, sub)  # type: ignore[call-arg]
+        if self.inner.ascents[-1]:
+            assert self.inner.loss_before is not None and self.inner.loss_after is not None
+            self.sampler.record(epoch, sub, (self.inner.loss_after - self.inner.loss_before).abs().float())
+        return w

@@ -88,11 +88,20 @@ def test_train_quick_writes_valid_run_files(tmp_path, capsys):
     assert result["cost"] == pytest.approx(2.0)  # epoch 0 of AUSAM is the SAM warm-up
 
 
-def test_training_learns_the_synthetic_task(tmp_path):
-    result = Run(
-        tiny_config(tmp_path, method="sgd", label_noise=0.0, epochs=4, method_options={}), progress=False
-    ).run()
-    assert result["final_test_acc"] > 0.5  # 10 classes: chance is 0.1
+@pytest.mark.parametrize(
+    ("method", "options"),
+    [("sgd", {}), ("sam", {}), ("ausam", {"warmup_epochs": 1, "ramp_epochs": 2})],
+)
+def test_training_learns_the_synthetic_task(tmp_path, method, options):
+    """Clean labels, no augmentation, 4 epochs: every method learns (measured: test accuracy 0.83-0.92,
+    train loss down from 2.24 to 0.53-0.87)."""
+    config = tiny_config(
+        tmp_path, method=method, label_noise=0.0, epochs=4, crop_padding=0, flip=False, method_options=options
+    )
+    result = Run(config, progress=False).run()
+    assert result["final_test_acc"] > 0.7  # 10 classes: chance is 0.1
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["train_loss"] < 0.5 * rows[0]["train_loss"]
 
 
 def weights(run: Run) -> dict[str, torch.Tensor]:

@@ -22,6 +22,7 @@ from flatsam.selection import (
 from helpers import (
     BN_AUTHORS,
     BN_MUTANTS,
+    BN_TORCH,
     KW,
     LR,
     MOMENTUM,
@@ -37,14 +38,18 @@ from helpers import (
     round_trip,
     same,
 )
-from reference import MomentumSGD, tiny_mlp, toy_data
+from reference import MomentumSGD, Problem, tiny_mlp, toy_data
 from reference_sampled import (
+    ASAMEpsilon,
+    NoisyEpsilon,
     ReferenceESAM,
     ReferenceInfoBatch,
     ReferenceInfoBatchInBatch,
     ReferenceKSAM,
     ReferenceMicroBatchSAM,
     ReferenceUniform,
+    SAMEpsilon,
+    SWPEpsilon,
 )
 
 
@@ -87,7 +92,7 @@ def test_esam_matches_transcription(beta, gamma, exact, setting):
             sizes.append(opt.step(setting.closure(model, x, y, idx), index=idx).descent_rows)
     assert_matches(model, opt, w, ref.opt, problem)
     assert sizes == ref.descent_sizes
-    assert ref.steps_with_frozen > 0  # the stochastic weight perturbation froze tensors in some steps
+    assert ref.perturbation.steps_with_frozen > 0  # the weight perturbation froze tensors in some steps
     k = max(1, int(8 * gamma))
     if gamma >= 0.99:
         assert set(sizes) == {8}
@@ -96,7 +101,30 @@ def test_esam_matches_transcription(beta, gamma, exact, setting):
     else:
         assert set(sizes) == {k - 1}  # the authors' strict cutoff keeps one row fewer than k
     if beta == 0.1:
-        assert ref.guard_hits > 0  # a draw excluded every tensor: the guard kept them all
+        assert ref.perturbation.guard_hits > 0  # a draw excluded every tensor: the guard kept them all
+
+
+def test_esam_with_statistics_in_every_pass_matches_the_official_batchnorm_handling():
+    """``bn_updates="every"``: the running statistics move in all three forwards of a step (clean, the
+    sharpness forward at w+ε, the descent pass on the selected rows), as in the official code."""
+    x, y = toy_data()
+    model = BN_TORCH.model()
+    problem = Problem(model, x, y, BN_TORCH.smoothing, BN_TORCH.form, every_forward=True)
+    w = problem.weights()
+    ref = ReferenceESAM(
+        problem, MomentumSGD(LR, MOMENTUM, WD), rho=0.05, beta=0.6, gamma=0.5, seed=4, exact_topk=True
+    )
+    opt = ESAM(
+        model.parameters(), rho=0.05, beta=0.6, exact_topk=True, bn_updates="every", seed=4, model=model, **KW
+    )
+    for epoch_batches in batches(len(x), 8, 3):
+        for idx in epoch_batches:
+            w = ref.step(w, idx)
+            opt.step(BN_TORCH.closure(model, x, y, idx), index=idx)
+    assert_matches(model, opt, w, ref.opt, problem)
+    assert int(model[1].num_batches_tracked) == 3 * 9  # three forwards in each of the 9 steps
+    with pytest.raises(ValueError, match=r"bn_updates must be one of \('first', 'every'\), got 'all'"):
+        ESAM(model.parameters(), bn_updates="all", model=model, lr=0.1)
 
 
 @pytest.mark.parametrize("setting", SETTINGS, ids=str)
@@ -526,18 +554,52 @@ def test_bad_hyperparameters_raise(cls, kwargs, match):
         cls(model.parameters(), torch.optim.SGD, lr=0.1, **{**base, **kwargs})
 
 
-@pytest.mark.parametrize(
-    ("selection", "perturbation", "rows"),
-    [
-        (lambda: TopKLoss(0.5), lambda: NoisySAMPerturbation(noise=0.3, seed=0), (4, 4)),
-        (lambda: MicroBatch(size=2, seed=0), lambda: StochasticWeightPerturbation(0.5, seed=0), (2, 8)),
-        (lambda: SharpnessSensitiveSelection(0.5, exact_topk=True), lambda: SAMPerturbation(), (8, 4)),
-        (lambda: UniformSampler(0.5, seed=0), lambda: flatsam.ASAMPerturbation(), (4, 4)),
-    ],
-)
-def test_components_compose(selection, perturbation, rows):
-    x, y = toy_data()
-    model = tiny_mlp()
+def _scaled(problem) -> list[bool]:
+    """ASAM without a model scales the tensors of more than one dimension (the weights here)."""
+    return [w.dim() > 1 for w in problem.weights()]
+
+
+#: selection + perturbation, the (ascent, descent) rows of each step, and the transcription of the composed
+#: rule built from the references of the two parts
+COMPONENTS = {
+    "topk+noisy": (
+        lambda: TopKLoss(0.5),
+        lambda: NoisySAMPerturbation(noise=0.3, seed=0),
+        (4, 4),
+        lambda p, o: ReferenceKSAM(p, o, 0.05, keep=0.5, perturbation=NoisyEpsilon(0.05, 0.3, seed=0)),
+    ),
+    "microbatch+swp": (
+        lambda: MicroBatch(size=2, seed=0),
+        lambda: StochasticWeightPerturbation(0.5, seed=0),
+        (2, 8),
+        lambda p, o: ReferenceMicroBatchSAM(
+            p, o, 0.05, m=2, sigma=0.0, seed=0, perturbation=SWPEpsilon(0.05, 0.5, seed=0)
+        ),
+    ),
+    "sharpness+sam": (
+        lambda: SharpnessSensitiveSelection(0.5, exact_topk=True),
+        lambda: SAMPerturbation(),
+        (8, 4),
+        lambda p, o: ReferenceESAM(
+            p, o, 0.05, beta=1.0, gamma=0.5, seed=0, exact_topk=True, perturbation=SAMEpsilon(0.05)
+        ),
+    ),
+    "uniform+asam": (
+        lambda: UniformSampler(0.5, seed=0),
+        lambda: flatsam.ASAMPerturbation(),
+        (4, 4),
+        lambda p, o: ReferenceUniform(
+            p, o, 0.05, keep=0.5, warmup=0, seed=0, perturbation=ASAMEpsilon(0.05, 0.01, _scaled(p))
+        ),
+    ),
+}
+
+
+@pytest.mark.parametrize("name", COMPONENTS)
+def test_components_compose_as_the_composed_transcription(name):
+    selection, perturbation, rows, reference = COMPONENTS[name]
+    x, y, model, problem, w, ref_opt = setup()
+    ref = reference(problem, ref_opt)
     opt = flatsam.SharpnessAware(
         model.parameters(),
         torch.optim.SGD,
@@ -546,12 +608,14 @@ def test_components_compose(selection, perturbation, rows):
         rho=0.05,
         **KW,
     )
-    before = [p.detach().clone() for p in model.parameters()]
-    for idx in torch.arange(24).split(8):
-        info = opt.step(closure_for(model, x, y, idx), index=idx)
-        assert info.ascent and not info.skipped and (info.ascent_rows, info.descent_rows) == rows
-        assert torch.isfinite(torch.tensor(info.loss))
-    assert any(not torch.equal(p, b) for p, b in zip(model.parameters(), before, strict=True))
+    for epoch, epoch_batches in enumerate(batches(len(x), 8, 2)):
+        for idx in epoch_batches:
+            w = ref.step(w, epoch, idx) if isinstance(ref, ReferenceUniform) else ref.step(w, idx)
+            info = opt.step(closure_for(model, x, y, idx), index=idx)
+            assert info.ascent and not info.skipped and (info.ascent_rows, info.descent_rows) == rows
+    assert_matches(model, opt, w, ref.opt)
+    if name == "microbatch+swp":
+        assert ref.perturbation.steps_with_frozen > 0  # tensors were left out of some ascents
 
 
 def test_registry_builds_the_sampled_methods_with_their_needs():
@@ -559,6 +623,5 @@ def test_registry_builds_the_sampled_methods_with_their_needs():
     for name in ("esam", "ksam", "mbsam", "uniform", "infobatch"):
         opt = flatsam.build_method(name, model.parameters(), num_samples=24, epochs=3, lr=0.1)
         assert isinstance(opt, flatsam.SharpnessAware)
-        assert all(d.source for d in flatsam.method_info(name).defaults.values())
     with pytest.raises(ValueError, match=r"needs \['epochs'\]"):
         flatsam.build_method("infobatch", model.parameters(), num_samples=24, lr=0.1)

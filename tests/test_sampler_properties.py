@@ -57,12 +57,52 @@ def test_equal_histories_give_uniform_probabilities(value, size):
     torch.testing.assert_close(p, torch.full((size,), 1.0 / size))
 
 
-def test_larger_adlp_is_drawn_more_often():
-    sampler = sampler_with([0.0] * 10 + [5.0] * 10, 0.5, epoch=30)
-    counts = torch.zeros(20)
-    for _ in range(300):
-        counts[sampler.select(torch.arange(20))] += 1
-    assert counts[10:].sum() > 1.5 * counts[:10].sum()
+DRAWS = 4000
+
+
+def draw_counts(history: list[float], keep: float, seed: int) -> torch.Tensor:
+    """How often each row of a batch with ADLP ``history`` is drawn in ``DRAWS`` draws (epoch 30: s_hi =
+    s_max = 0.5)."""
+    sampler = sampler_with(history, keep, epoch=30, seed=seed)
+    counts = torch.zeros(len(history), dtype=torch.float64)
+    for _ in range(DRAWS):
+        counts[sampler.select(torch.arange(len(history)))] += 1
+    return counts
+
+
+def test_single_draws_follow_the_probabilities_chi_square():
+    """One row per draw (⌊0.1·10⌋ = 1): ADLP 0…9 scale linearly onto weights 0.1 + 0.4·i/9, so
+    p_i = w_i / Σw. Pearson's χ² of 4000 draws against p, 9 degrees of freedom, must stay below 27.88,
+    its 99.9 % quantile: a fresh seed would fail with probability 0.001 (the seed is fixed)."""
+    weights = torch.tensor([0.1 + 0.4 * i / 9 for i in range(10)], dtype=torch.float64)
+    p = weights / weights.sum()
+    counts = draw_counts([float(i) for i in range(10)], keep=0.1, seed=11)
+    expected = DRAWS * p
+    assert float(((counts - expected) ** 2 / expected).sum()) < 27.88
+    # a draw by the wrong probabilities fails the same bound: uniform rows give χ² ≈ 1100 here
+    uniform = torch.full((10,), DRAWS / 10, dtype=torch.float64)
+    assert float(((uniform - expected) ** 2 / expected).sum()) > 100
+
+
+def test_draws_without_replacement_include_rows_at_their_inclusion_probabilities():
+    """Two of four rows per draw, without replacement (``torch.multinomial``'s successive draws): row i
+    is in the pair with π_i = p_i + Σ_{j≠i} p_j·p_i/(1 − p_j), first or second. ADLP [0, 1, 2, 3] gives
+    weights 0.1, 0.2333, 0.3667, 0.5. Each row's count of 4000 draws must lie within 3.66 binomial
+    standard deviations of 4000·π_i: two-sided 0.001/4 per row, so a fresh seed would fail with
+    probability at most 0.001 (Bonferroni over the four rows; the seed is fixed)."""
+    weights = [0.1 + 0.4 * i / 3 for i in range(4)]
+    p = [w / sum(weights) for w in weights]
+    inclusion = [p[i] + sum(p[j] * p[i] / (1 - p[j]) for j in range(4) if j != i) for i in range(4)]
+    assert sum(inclusion) == pytest.approx(2.0)
+    counts = draw_counts([0.0, 1.0, 2.0, 3.0], keep=0.5, seed=12)
+    assert counts.sum() == 2 * DRAWS
+    for i in range(4):
+        sd = math.sqrt(DRAWS * inclusion[i] * (1 - inclusion[i]))
+        assert abs(float(counts[i]) - DRAWS * inclusion[i]) < 3.66 * sd, (i, float(counts[i]), inclusion[i])
+    # k·p_i, the inclusion a naive reading would expect, is more than 10 standard deviations off row 3
+    assert abs(DRAWS * 2 * p[3] - DRAWS * inclusion[3]) > 10 * math.sqrt(
+        DRAWS * inclusion[3] * (1 - inclusion[3])
+    )
 
 
 def test_warmup_overwrites_then_history_averages():

@@ -26,8 +26,15 @@ from helpers import (
     same,
 )
 from helpers import closure_for as per_sample
-from reference import MomentumSGD, Problem, tiny_mlp, toy_data
-from reference_scheduled import ReferenceAESAM, ReferenceARSAM, ReferenceLookSAM, ReferenceSSSAM
+from reference import MomentumSGD, Problem, ReferenceAUSAM, tiny_mlp, toy_data
+from reference_scheduled import (
+    ReferenceAESAM,
+    ReferenceARSAM,
+    ReferenceEveryKPSF,
+    ReferenceLookSAM,
+    ReferenceOnSampledRows,
+    ReferenceSSSAM,
+)
 
 F64 = torch.float64
 
@@ -95,39 +102,62 @@ def test_ae_methods_match_transcription(cls, alpha, init, variance_mean):
     torch.testing.assert_close(opt.schedule.var, torch.tensor(ref.var, dtype=F64), rtol=1e-8, atol=0)
 
 
-@pytest.mark.parametrize("reuse_steps", [6, 2])
-def test_arsam_matches_vsam_transcription(reuse_steps):
+def arsam_pair(window: int, epochs: int, reuse_steps: int = 6):
+    """ARSAM and its vSAM transcription (blocks 2, max_p 0.8, gains 0.9, last 2 tensors, β 0.7, a
+    one-epoch warm-up of 4 steps) stepped on the same 4 batches of 6 per epoch."""
     x, y, model, problem = setup()
-    hp = dict(K=4, blocks=2, max_p=0.8, gains=(0.9, 0.9), last_layer=2, beta=0.7, warmup=1, seed=21)
-    ref = ReferenceARSAM(problem, MomentumSGD(LR, MOMENTUM, WD), rho=0.1, reuse_steps=reuse_steps, **hp)
-    opt = ARSAM(
-        model.parameters(),
-        torch.optim.SGD,
-        rho=0.1,
-        window=4,
-        blocks=2,
-        max_p=0.8,
-        gains=(0.9, 0.9),
-        last_layers=2,
-        warmup_epochs=1,
-        beta=0.7,
-        reuse_steps=reuse_steps,
-        seed=21,
-        **KW,
+    hp = dict(blocks=2, max_p=0.8, gains=(0.9, 0.9), beta=0.7, reuse_steps=reuse_steps, seed=21)
+    ref = ReferenceARSAM(
+        problem, MomentumSGD(LR, MOMENTUM, WD), rho=0.1, K=window, last_layer=2, warmup=1, **hp
     )
-    w, infos = run_pair(ref, opt, model, x, y, epochs=8, with_epoch=True)  # warm-up + 7 windows of 4
+    opt = ARSAM(model.parameters(), rho=0.1, window=window, last_layers=2, warmup_epochs=1, **hp, **KW)
+    w, infos = run_pair(ref, opt, model, x, y, epochs=epochs, with_epoch=True)
+    return ref, opt, model, w, infos
+
+
+def assert_arsam_matches(ref, opt, model, w, infos) -> None:
     assert [i.ascent for i in infos] == ref.ascents
     assert_matches(model, opt, w, ref.opt)
     s = opt.schedule
     assert (s.t, s.sr_now) == (ref.flag_batch_num, ref.sr_now)
     assert s.base_sr == pytest.approx(ref.base_sr, rel=1e-9)
     assert s.p == pytest.approx(ref.sampling_probability, rel=1e-9)
-    for mine, theirs in ((s.norms, ref.psf_norms), (s.ratios, ref.ratios), (s.variances, ref.vars[-4:])):
+    k = ref.K
+    for mine, theirs in ((s.norms, ref.psf_norms), (s.ratios, ref.ratios), (s.variances, ref.vars[-k:])):
         torch.testing.assert_close(mine, torch.tensor(theirs, dtype=F64), rtol=1e-9, atol=1e-15)
     assert torch.equal(s.generator.get_state(), ref.gen.get_state())
     # the quota really adapted (above 1 SAM step per window at times), and both branches ran after warm-up
     assert len(set(ref.base_srs)) > 1 and max(int(b) for b in ref.base_srs) > 1
     assert 0 < sum(ref.ascents[4:]) < len(ref.ascents) - 4
+
+
+@pytest.mark.parametrize("reuse_steps", [6, 2])
+def test_arsam_matches_vsam_transcription(reuse_steps):
+    ref, *rest = arsam_pair(window=4, epochs=8, reuse_steps=reuse_steps)  # warm-up + 7 windows of 4
+    assert_arsam_matches(ref, *rest)
+    assert sum(ref.skipped) == 0  # a warm-up as long as the window: the histories were full
+
+
+def test_arsam_with_a_warmup_shorter_than_the_window_takes_the_zero_guard():
+    """4 warm-up steps, a window of 8: the first windows' histories still hold vSAM's zero padding (the
+    default suite's case: 48 warm-up steps, window 50), where vSAM itself would divide by zero."""
+    ref, *rest = arsam_pair(window=8, epochs=10)  # warm-up + 36 steps: 4 window updates
+    assert_arsam_matches(ref, *rest)
+    assert ref.skipped[0] >= 4 + 4 and sum(ref.skipped) > ref.skipped[0]  # zeros in r and v, two windows on
+
+
+def test_arsam_zero_guard_mutant_fails_the_transcription(monkeypatch):
+    """The guard's rule matters: averaging over every term (the left-out ones counted as 0) instead of
+    over the kept ones changes the quota, and the comparison catches it."""
+
+    def counts_every_term(history: torch.Tensor) -> float:
+        prev, diff = history[:-1], history[1:] - history[:-1]
+        terms = torch.where(prev != 0, diff / torch.where(prev != 0, prev, 1.0), 0.0)
+        return float(terms.mean().clamp(-1.0, 1.0))
+
+    monkeypatch.setattr(flatsam.schedule, "relative_trend", counts_every_term)
+    with pytest.raises(AssertionError):
+        assert_arsam_matches(*arsam_pair(window=8, epochs=10))
 
 
 @pytest.mark.parametrize(
@@ -385,38 +415,53 @@ def test_registry_needs_total_steps_for_ae_methods():
 # -- composition --------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("schedule", "reuse"),
-    [
-        (lambda: AEThreshold(total_steps=12, init="first"), LookSAMReuse),
-        (lambda: ARSAMWindow(window=4, blocks=2, warmup_epochs=1, seed=3), PSFReuse),
-        (lambda: EveryK(3), PSFReuse),
-    ],
-)
-def test_composition_with_adlp_sampling(schedule, reuse):
-    x, y = toy_data()
-    model = tiny_mlp()
-    before = [p.detach().clone() for p in model.parameters()]
+#: schedule + reuse composed with ADLP sampling, and the transcription of each composed rule
+COMPOSED = {
+    "ae+looksam": (
+        lambda: AEThreshold(total_steps=12, init="first"),
+        LookSAMReuse,
+        lambda p, o: ReferenceAESAM(p, o, rho=0.05, total_steps=12, first=True, alpha=0.7),
+        False,
+    ),
+    # 3 warm-up steps and a window of 4: the first window update takes the zero guard
+    "arsam+psf": (
+        lambda: ARSAMWindow(window=4, blocks=2, warmup_epochs=1, seed=3),
+        PSFReuse,
+        lambda p, o: ReferenceARSAM(
+            p, o, 0.05, 4, 2, 0.8, (0.13, 0.13), last_layer=10, beta=0.7, reuse_steps=6, warmup=1, seed=3
+        ),
+        True,
+    ),
+    "every3+psf": (
+        lambda: EveryK(3),
+        PSFReuse,
+        lambda p, o: ReferenceEveryKPSF(p, o, rho=0.05, k=3, beta=0.7, reuse_steps=6),
+        True,
+    ),
+}
+
+
+@pytest.mark.parametrize("name", COMPOSED)
+def test_composition_with_adlp_sampling_matches_the_composed_transcription(name):
+    schedule, reuse, inner, with_epoch = COMPOSED[name]
+    x, y, model, problem = setup()
+    ref_opt = MomentumSGD(LR, MOMENTUM, WD)
+    ausam = ReferenceAUSAM(problem, ref_opt, 24, 0.05, 0.5, 0.1, 0.5, ramp=30, warmup=1, seed=2)
+    ref = ReferenceOnSampledRows(inner(problem, ref_opt), ausam, with_epoch)
     sampler = flatsam.ADLPSampler(24, keep=0.5, warmup_epochs=1, seed=2)
     opt = flatsam.SharpnessAware(
         model.parameters(), torch.optim.SGD, schedule=schedule(), selection=sampler, reuse=reuse(), **KW
     )
-    kinds = set()
-    for epoch in range(3):
-        opt.set_epoch(epoch)
-        for idx in torch.arange(24).split(8):
-            info = opt.step(per_sample(model, x, y, idx), index=idx)
-            rows = 8 if epoch == 0 else 4  # AUSAM's warm-up uses every row, then half of them
-            assert not info.skipped and math.isfinite(info.loss)
-            assert info.descent_rows == rows and info.ascent_rows == (rows if info.ascent else 0)
-            assert info.backward_passes == (2 if info.ascent else 1)
-            kinds.add((epoch > 0, info.ascent))
-    assert {(True, True), (True, False)} <= kinds
-    assert (sampler.dlp_count > 1).any()  # the sampler learned from the ascent steps after its warm-up
-    assert all(
-        torch.isfinite(p).all() and not torch.equal(p, q)
-        for p, q in zip(model.parameters(), before, strict=True)
-    )
+    w, infos = run_pair(ref, opt, model, x, y, epochs=4, batch=8, with_epoch=True)
+    assert [i.ascent for i in infos] == ref.ascents
+    assert_matches(model, opt, w, ref.opt)
+    torch.testing.assert_close(sampler.dlp_sum, ausam.S, rtol=1e-6, atol=1e-7)
+    assert torch.equal(sampler.dlp_count, ausam.C)
+    for step, info in enumerate(infos):
+        rows = 8 if step < 3 else 4  # AUSAM's warm-up uses every row, then half of them
+        assert info.descent_rows == rows and info.ascent_rows == (rows if info.ascent else 0)
+    # both kinds of step after the warm-up, and the sampler learned from the ascents there
+    assert {True, False} <= set(ref.ascents[3:]) and (sampler.dlp_count > 1).any()
 
 
 # -- distributed --------------------------------------------------------------------------------------------

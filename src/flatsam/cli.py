@@ -365,12 +365,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument(
         "--suite",
-        choices=["default", "quick", "all", "long-n40", "long-n20", "long-clean", "ablation"],
+        choices=[
+            "default",
+            "quick",
+            "all",
+            "long-n40",
+            "long-n20",
+            "long-clean",
+            "ablation",
+            "quant",
+            "pose",
+        ],
         default="default",
         help="default: sgd, sam, ausam × 3 seeds; all: every method and two compositions; long-n40/long-n20: "
         "the long regime (5× the steps) at 40 %%/20 %% label noise with SAM at SGD's budget and controls; "
         "long-clean: the same without label noise; "
-        "ablation: AUSAM's budget, options and the authors' recipe on the default setting",
+        "ablation: AUSAM's budget, options and the authors' recipe on the default setting; quant/pose: the "
+        "paper's other tasks (LSQ w4a4 QAT; SimCC on the stick-figure stand-in)",
     )
     bench.add_argument("--quick", action="store_true", help="the quick suite (about a minute)")
     bench.add_argument(

@@ -95,7 +95,8 @@ class ASAMPerturbation(Perturbation):
 
     Convention (``scope="weights"``, the default) follows the official code (SamsungLabs/ASAM,
     ``asam.py``): T applies to parameters whose name contains ``"weight"`` (conv, linear and
-    normalisation scales) and is the identity on biases; ``eta`` = 0.01 and ``eps`` = 1e-16 as there.
+    normalisation scales) and is the identity on biases; ``eta`` = 0.01 and ``eps`` = 1e-16 as there
+    (0.01 is the class default; the official CIFAR example, ``example_cifar.py``, runs η = 0).
     Names come from ``model``; without a model, tensors with more than one dimension count as weights
     (normalisation scales are then treated like biases). In this convention the authors use ρ = 0.5
     (CIFAR-10) and 1.0 (CIFAR-100). ``scope="all"`` with ``eta=0`` is davda54/sam's ``adaptive=True``

@@ -97,9 +97,10 @@ class Bernoulli(Schedule):
 
     SS-SAM draws a Bernoulli trial per step with p_t from a scheduling function (the summaries name
     constant, piecewise, linear and trigonometric ones); its headline setting is the constant p = 0.5,
-    1.5 passes per step on average (from secondary summaries of the paper: unverified). The exact
-    non-constant functions were not retrievable; flatsam's are ramps from ``p_start`` to ``p_end`` over
-    ``total_steps`` (t = ``ctx.step``, held at the end afterwards), all with mean (p_start + p_end)/2:
+    1.5 passes per step on average (marktechpost/syncedreview summaries of the paper; the paper itself
+    unverified). The exact non-constant functions were not retrievable; flatsam's are ramps from
+    ``p_start`` to ``p_end`` over ``total_steps`` (t = ``ctx.step``, held at the end afterwards), all
+    with mean (p_start + p_end)/2:
 
     - ``"constant"``: p_t = ``p``;
     - ``"linear"``: p_t = p_start + (p_end − p_start)·t/T;
@@ -171,11 +172,11 @@ class AEThreshold(Schedule):
         c_t  = (t/T) λ1 + (1 − t/T) λ2                  (t = 1 … T, held at λ1 after T)
         SAM step  ⇔  ‖g_t‖² ≥ μ_t + c_t σ_t
 
-    The rule and δ = 0.9, λ1 = −1, λ2 = 1 are the paper's as far as could be checked: unverified (the
-    paper's full text and code were not retrievable). With a Gaussian ‖g‖² the SAM fraction sweeps from
+    The rule and δ = 0.9, λ1 = −1, λ2 = 1 are the paper's as summarised, unverified against the paper
+    (its full text and code were not retrievable). With a Gaussian ‖g‖² the SAM fraction sweeps from
     Φ(−1) ≈ 16 % to Φ(1) ≈ 84 %, 50 % on average. Choices the sources leave open, with the alternative:
 
-    - ``init="zero"`` (default): μ_0 = σ²_0 = 0, the recursion as written from t = 1 (our reading),
+    - ``init="zero"`` (default): μ_0 = σ²_0 = 0, the recursion as written from t = 1 (read literally),
       so the first steps are SAM steps while the average warms up; ``init="first"``: μ_1 = ‖g_1‖², σ²_1 = 0.
     - ``variance_mean="current"`` (default, the recursion as written): the deviation is taken from
       μ_t; ``"previous"``: from μ_{t−1} (Welford-like).
@@ -251,9 +252,13 @@ class AEThreshold(Schedule):
 
 
 def relative_trend(history: torch.Tensor) -> float:
-    """Mean relative change (x[j+1] − x[j]) / x[j] over a history, clipped to [−1, 1] (vSAM). Terms whose
-    denominator is 0 are left out (0 when none is left): vSAM pads its histories with zeros and would turn
-    them into ±inf / NaN, which only happens before a window's worth of SAM steps has been recorded."""
+    """Mean relative change (x[j+1] − x[j]) / x[j] over a history, clipped to [−1, 1] (vSAM).
+
+    Terms whose denominator is 0 are left out (0 when none is left): our guard. vSAM pads its histories
+    with zeros and divides by every entry, which gives +inf for a change from 0 (its clip then says +1)
+    and NaN for 0 → 0 (a NaN quota, which its ``int(base_sr)`` refuses). That happens only while fewer
+    SAM steps than a window have been recorded, i.e. with a warm-up shorter than the window (flatsam's
+    default suite: 48 warm-up steps, window 50), which vSAM's 3-epoch CIFAR warm-up never is."""
     prev, diff = history[:-1], history[1:] - history[:-1]
     valid = prev != 0
     count = valid.sum()

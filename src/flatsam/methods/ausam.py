@@ -22,6 +22,11 @@ class AUSAM(SharpnessAware):
     ``normalize_by_grad_norm`` and ``reweight`` are described in ``ADLPSampler``. Needs ``index=`` in
     ``step`` after the warm-up (``flatsam.data.IndexedDataset``) and ``set_epoch`` every epoch. The
     history and the draws live on ``history_device``, by default the parameters' device.
+
+    Label smoothing belongs to the loss the closure returns: the authors train with ε = 0.1 in their
+    form, 1 − ε on the true class and ε/(K − 1) on each other (``flatsam.losses.cross_entropy(...,
+    form="authors")``), whereas torch's ``label_smoothing`` gives ε/K to every class on top of 1 − ε.
+    The harness uses torch's form unless told ``--smoothing-form authors``.
     """
 
     def __init__(
@@ -77,7 +82,17 @@ register(
             "s_max": Default(0.5, f"{_CODE} (fmax)"),
             "ramp_epochs": Default(30, f"{_CODE} (trans_epoch)"),
             "warmup_epochs": Default(1, f"{_CODE} (epoch 0 = full SAM)"),
-            "average": Default("mean", "authors' code sam/ausam.py (EMA line commented out)"),
+            "average": Default(
+                "mean", "authors' code, github.com/ajiaaa/AUSAM sam/ausam.py (EMA line commented out)"
+            ),
+            # a setting of the harness's loss, not of the method: the convention differs from the authors'
+            "train.smoothing_form": Default(
+                "torch",
+                "flatsam's loss smooths as F.cross_entropy (ε/K to every class); the authors' code, "
+                "github.com/ajiaaa/AUSAM train.py + model/smooth_cross_entropy.py, uses ε = 0.1 with "
+                "1 − ε on the true class and ε/(K−1) on each other: "
+                "--label-smoothing 0.1 --smoothing-form authors",
+            ),
         },
         needs=("num_samples",),
     )

@@ -60,7 +60,9 @@ class ASAM(SharpnessAware):
 
     Follows the official code's convention (see ``ASAMPerturbation``): T on parameters named ``weight``
     (by ``model`` when given, else on tensors of dimension > 1), identity on biases, η = 0.01, and the
-    official ρ scale (0.5 on CIFAR-10, 1.0 on CIFAR-100). ``scope="all", eta=0`` gives davda54/sam's
+    official ρ scale (0.5 on CIFAR-10, 1.0 on CIFAR-100). η = 0.01 is the default of the official ``ASAM``
+    class (``asam.py``), but the official CIFAR example (``example_cifar.py``, ``--eta`` default 0.0) runs
+    η = 0: pass ``eta=0`` to reproduce its numbers. ``scope="all", eta=0`` gives davda54/sam's
     ``adaptive=True`` operator, whose ρ scale is about 4× larger (≈ 2.0).
     """
 
@@ -86,6 +88,7 @@ class ASAM(SharpnessAware):
 
 
 _FORET = "Foret et al., ICLR 2021"
+_ASAM = "official code, github.com/SamsungLabs/ASAM"
 register(MethodInfo("sgd", SGD, "the base optimizer alone (1 pass per step)", "-"))
 register(
     MethodInfo(
@@ -103,9 +106,13 @@ register(
         "adaptive SAM, element-wise |w|+η operator",
         "Kwon et al., ICML 2021",
         {
-            "rho": Default(0.5, "official code SamsungLabs/ASAM, CIFAR-10"),
-            "eta": Default(0.01, "official code SamsungLabs/ASAM asam.py"),
-            "scope": Default("weights", "official code: T on parameters named 'weight'"),
+            "rho": Default(0.5, f"{_ASAM} README, CIFAR-10"),
+            "eta": Default(
+                0.01,
+                f"{_ASAM} asam.py, the class default; its CIFAR example example_cifar.py runs eta = 0 "
+                "(--eta 0.0): pass eta=0 to reproduce that",
+            ),
+            "scope": Default("weights", f"{_ASAM} asam.py: T on parameters named 'weight'"),
         },
         sam_rho=False,
     )

@@ -88,6 +88,8 @@ class Composed(SharpnessAware):
         super().__init__(params, base_optimizer, rho=rho, model=model, **parts, **kwargs)
 
 
+_SAM = "SAM's (Foret et al., ICLR 2021)"
+
 register(
     MethodInfo(
         "custom",
@@ -95,11 +97,11 @@ register(
         "any schedule × selection × perturbation × reuse, by name",
         "-",
         {
-            "schedule": Default("always", "SAM's"),
-            "selection": Default("all", "SAM's"),
-            "perturbation": Default("sam", "SAM's"),
-            "reuse": Default("none", "SAM's"),
-            "rho": Default(0.05, "SAM's"),
+            "schedule": Default("always", _SAM),
+            "selection": Default("all", _SAM),
+            "perturbation": Default("sam", _SAM),
+            "reuse": Default("none", _SAM),
+            "rho": Default(0.05, f"{_SAM}, CIFAR-10"),
         },
     )
 )

@@ -19,6 +19,9 @@ BaseOptimizer = type[torch.optim.Optimizer] | torch.optim.Optimizer
 
 @dataclass(frozen=True)
 class Default:
+    """A default and where it comes from. A key ``train.FIELD`` documents a setting of the training
+    harness (``TrainConfig.FIELD``) that matters for reproducing the method, with flatsam's value."""
+
     value: Any
     source: str
 

@@ -3,6 +3,7 @@ with noise, m-sharpness, uniform sampling, InfoBatch-style pruning."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any, Literal
 
 import torch
@@ -24,6 +25,26 @@ _SAM_RHO = "SAM's CIFAR-10 value (Foret et al., ICLR 2021); the paper's own is n
 _OURS = "our choice, the paper's value is not public"
 
 
+class StatisticsInEveryPass:
+    """The model as the engine sees it when BatchNorm statistics must update in every forward: no
+    BatchNorm layer to freeze (``modules`` is empty), everything else, ``no_sync`` under DDP included,
+    from the model itself (``module``)."""
+
+    def __init__(self, module: nn.Module) -> None:
+        self.module = module
+
+    def modules(self) -> Iterator[nn.Module]:
+        return iter(())
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "module":  # not set yet (a copy being built): no recursion
+            raise AttributeError(name)
+        return getattr(self.module, name)
+
+
+BN_UPDATES = ("first", "every")
+
+
 class ESAM(SharpnessAware):
     """ESAM (Du et al., ICLR 2022): stochastic weight perturbation (each tensor takes part in the ascent
     with probability β, ε = ρ/β · g/‖g‖) and sharpness-sensitive data selection (the descent pass on the
@@ -33,6 +54,13 @@ class ESAM(SharpnessAware):
     ρ = 0.05, β = 0.6, γ = 0.5 (WRN/PyramidNet: β = 0.5, ρ = 0.1/0.2). The strict-cutoff selection of
     their code keeps one row fewer than ⌊γB⌋; ``exact_topk=True`` keeps ⌊γB⌋. See
     ``StochasticWeightPerturbation`` and ``SharpnessSensitiveSelection``.
+
+    BatchNorm (with ``model`` given): ``bn_updates="first"`` (default, the engine's policy for every
+    method) updates the running statistics in the clean pass only. The official code (``utils/Esam.py``)
+    keeps the model in train mode for all three forwards, so the statistics also move in the no-grad
+    forward at w+ε and in the descent pass on the selected rows: ``bn_updates="every"`` does that
+    (``opt.model`` is then a ``StatisticsInEveryPass`` view of the model, which hides its BatchNorm
+    layers from the engine). Either way every forward normalises with its own batch statistics.
     """
 
     def __init__(
@@ -44,19 +72,24 @@ class ESAM(SharpnessAware):
         beta: float = 0.6,
         gamma: float = 0.5,
         exact_topk: bool = False,
+        bn_updates: Literal["first", "every"] = "first",
         seed: int | None = None,
         model: nn.Module | None = None,
         **kwargs: Any,
     ) -> None:
+        if bn_updates not in BN_UPDATES:
+            raise ValueError(f"bn_updates must be one of {BN_UPDATES}, got {bn_updates!r}")
+        seen = StatisticsInEveryPass(model) if bn_updates == "every" and model is not None else model
         super().__init__(
             params,
             base_optimizer,
             rho=rho,
-            model=model,
+            model=seen,  # type: ignore[arg-type]
             selection=SharpnessSensitiveSelection(gamma, exact_topk=exact_topk),
             perturbation=StochasticWeightPerturbation(beta, seed=seed),
             **kwargs,
         )
+        self.bn_updates = bn_updates
 
 
 class KSAM(SharpnessAware):
@@ -214,7 +247,15 @@ register(
             "rho": Default(0.05, _ESAM),
             "beta": Default(0.6, _ESAM),
             "gamma": Default(0.5, _ESAM),
-            "exact_topk": Default(False, "authors' code utils/Esam.py: strict cutoff, one row fewer than k"),
+            "exact_topk": Default(
+                False,
+                "authors' code, github.com/dydjw9/Efficient_SAM utils/Esam.py: strict cutoff, k − 1 rows",
+            ),
+            "bn_updates": Default(
+                "first",
+                "flatsam's policy: BatchNorm statistics from the clean pass only; the authors' code, "
+                "github.com/dydjw9/Efficient_SAM utils/Esam.py, updates them in all three forwards: 'every'",
+            ),
         },
     )
 )

@@ -68,9 +68,10 @@ class AESAM(SharpnessAware):
     """AE-SAM (Jiang, Yang, Zhang, Kwok, ICLR 2023): every step runs the clean pass; a SAM step follows
     when ‖g‖² ≥ μ_t + c_t·σ_t (EMA statistics, c_t linear from λ2 to λ1), else the clean gradient is used.
 
-    δ = 0.9, λ1 = −1, λ2 = 1 (the paper's, unverified; see ``AEThreshold`` for the open choices ``init`` and
-    ``variance_mean``). Needs ``total_steps`` (or ``total_epochs`` for a per-epoch c_t). ρ = 0.05: the
-    paper follows the SAM baseline's recipe (ESAM protocol, ResNet-18 on CIFAR): unverified.
+    δ = 0.9, λ1 = −1, λ2 = 1 as the paper is summarised, unverified (its text and code were not
+    retrievable; see ``AEThreshold`` for the open choices ``init`` and ``variance_mean``). Needs
+    ``total_steps`` (or ``total_epochs`` for a per-epoch c_t). ρ = 0.05, unverified: the SAM baseline's
+    recipe (ESAM protocol, ResNet-18 on CIFAR) that the paper is said to follow.
     """
 
     def __init__(
@@ -202,12 +203,12 @@ _SAM_RHO = Default(0.05, "SAM's CIFAR-10 value (Foret et al., ICLR 2021); the pa
 _LOOKSAM = "Liu et al., CVPR 2022"
 _AESAM = "Jiang et al., ICLR 2023"
 _AE_DEFAULTS = {
-    "rho": Default(0.05, "SAM baseline recipe the paper follows (ESAM protocol, ResNet-18); unverified"),
-    "delta": Default(0.9, f"{_AESAM}; unverified"),
-    "lambda1": Default(-1.0, f"{_AESAM}; unverified"),
-    "lambda2": Default(1.0, f"{_AESAM}; unverified"),
-    "init": Default("zero", "μ_0 = σ_0² = 0, the recursion as written; the paper is silent (unverified)"),
-    "variance_mean": Default("current", "σ² around μ_t, the recursion as written (unverified)"),
+    "rho": Default(0.05, "unverified: the SAM baseline recipe the paper follows (ESAM protocol, ResNet-18)"),
+    "delta": Default(0.9, f"{_AESAM}, unverified"),
+    "lambda1": Default(-1.0, f"{_AESAM}, unverified"),
+    "lambda2": Default(1.0, f"{_AESAM}, unverified"),
+    "init": Default("zero", "unverified, the sources are silent: μ_0 = σ_0² = 0, the recursion as written"),
+    "variance_mean": Default("current", "unverified: σ² around μ_t, the recursion as written"),
 }
 _VSAM = "authors' vSAM code, github.com/ajiaaa/vSAM train_vsam.py"
 
@@ -261,9 +262,13 @@ register(
             "max_p": Default(0.8, _VSAM),
             "gains": Default((0.13, 0.13), f"{_VSAM} (alpha)"),
             "last_layers": Default(10, f"{_VSAM} (last_layer)"),
-            "warmup_epochs": Default(3, "vSAM code vsam/vsam.py (epoch < 3: SAM)"),
+            "warmup_epochs": Default(
+                3, "authors' vSAM code, github.com/ajiaaa/vSAM vsam/vsam.py (epoch < 3)"
+            ),
             "beta": Default(0.7, f"{_VSAM} (beta)"),
-            "reuse_steps": Default(6, "vSAM code vsam/vsam.py (pow(hp2, 6))"),
+            "reuse_steps": Default(
+                6, "authors' vSAM code, github.com/ajiaaa/vSAM vsam/vsam.py (pow(hp2, 6))"
+            ),
         },
     )
 )
@@ -275,8 +280,8 @@ register(
         "Zhao et al. 2022",
         {
             "rho": _SAM_RHO,
-            "p": Default(0.5, "Zhao et al. 2022 (1.5 passes per step; summaries)"),
-            "p_schedule": Default("constant", "Zhao et al. 2022 (summaries)"),
+            "p": Default(0.5, "Zhao et al. 2022 as summarised (1.5 passes per step); paper unverified"),
+            "p_schedule": Default("constant", "Zhao et al. 2022 as summarised; paper unverified"),
         },
         needs=("total_steps",),
     )

@@ -14,6 +14,7 @@ from flatsam.train.config import MethodSpec, TrainConfig
 from flatsam.train.loop import Run, check_method, load_data
 from flatsam.train.report import find_runs, write_report
 from flatsam.train.rundir import RUN_FILES, RunFolderError
+from flatsam.train.tasks import TASK_DEFAULTS
 
 #: The CPU label-noise benchmark: Fashion-MNIST, a seeded 2,000-image
 #: training subset with 40 % symmetric label noise, the small CNN, 30 epochs, clean 10k test set.
@@ -95,6 +96,16 @@ ABLATION_METHODS = (
 )
 
 
+#: The paper's other tasks at CPU size, one thread per run. Quantization-aware training: the default
+#: setting with every convolution and linear layer LSQ-quantized to 4-bit weights and activations (first
+#: and last at 8 bits), trained from scratch. Pose: SimCC on 2,000 rendered stick figures (64 px, the
+#: synthetic stand-in for MPII), the paper's Adam base (lr 1e-3) and batch 64, 15 epochs.
+QUANT_CONFIG = DEFAULT_CONFIG.replace(quantize="w4a4", threads=1)
+POSE_CONFIG = TrainConfig(task="pose", **TASK_DEFAULTS["pose"]).replace(
+    subset=2000, epochs=15, eval_every=5, threads=1
+)
+
+
 @dataclass(frozen=True)
 class Suite:
     """A named benchmark: a base configuration, the methods, the seeds and the common ρ."""
@@ -162,6 +173,16 @@ SUITES: dict[str, Suite] = {
     "long-clean": Suite(
         "the long regime without label noise: does SAM lead SGD measurably on clean labels? (as long-n40)",
         LONG_CONFIG.replace(label_noise=0.0),
+        ("sgd", "sam", "ausam"),
+    ),
+    "quant": Suite(
+        "quantization-aware training (LSQ w4a4) on the default setting: SGD vs SAM vs AUSAM, 3 seeds",
+        QUANT_CONFIG,
+        ("sgd", "sam", "ausam"),
+    ),
+    "pose": Suite(
+        "SimCC pose on the stick-figure stand-in, Adam base, batch 64: SGD vs SAM vs AUSAM, 3 seeds",
+        POSE_CONFIG,
         ("sgd", "sam", "ausam"),
     ),
 }
