@@ -15,6 +15,7 @@ import pytest
 
 from flatsam.cli import main
 from flatsam.train import Interrupted, Run, TrainConfig, records
+from flatsam.train.rundir import RunFolderError
 from helpers import same
 
 SRC = str(Path(__file__).parents[1] / "src")
@@ -73,21 +74,22 @@ def signal_on_call(obj, name: str, call: int, signum: int = signal.SIGINT):
 
 
 @pytest.mark.parametrize(
-    ("where", "call"),
+    ("where", "call", "signum"),
     [
-        ("forward", 11),  # the second pass of an AUSAM step in epoch 1 (after the SAM warm-up)
-        ("forward", 4),  # the second pass of a step in epoch 0
-        ("evaluate", 1),  # the end-of-epoch evaluation
+        ("forward", 11, signal.SIGINT),  # the second pass of an AUSAM step in epoch 1 (after the warm-up)
+        ("forward", 4, signal.SIGTERM),  # the second pass of a step in epoch 0
+        ("evaluate", 1, signal.SIGINT),  # the end-of-epoch evaluation
     ],
 )
-def test_sigint_mid_step_or_evaluation_resumes_bit_for_bit(straight, tmp_path, where, call):
+def test_signal_mid_step_or_evaluation_resumes_bit_for_bit(straight, tmp_path, where, call, signum):
     config = tiny(tmp_path / "cut")
     run = Run(config, progress=False)
     target = run.setup.model if where == "forward" else run.setup.task
-    signal_on_call(target, where, call)
+    signal_on_call(target, where, call, signum)
     with pytest.raises(Interrupted, match="checkpoint saved") as stop:
         run.run()
-    assert stop.value.signum == signal.SIGINT and stop.value.saved
+    assert stop.value.signum == signum and stop.value.saved
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handlers are put back
     state = records.load_checkpoint(tmp_path / "cut" / records.CHECKPOINT)
     assert state["totals"]["steps"] + state["epoch_totals"]["steps"] == state["epoch"] * 4 + state["batch"]
     Run(config, resume=True, progress=False).run()
@@ -191,3 +193,26 @@ def test_random_sigint_and_sigkill_then_resume(tmp_path, trial):
     if not (cut / records.RESULT).exists():
         assert main([*CLI, "--epochs", str(epochs), "--run-dir", str(cut), "--resume"]) == 0
     assert_same_end(tmp_path / "straight", cut)
+
+
+@pytest.mark.slow
+def test_lock_of_a_live_process_then_of_a_killed_one(tmp_path, capsys):
+    """Another process holding the folder stops a run; once it is killed, its lock is taken over."""
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from flatsam.train.rundir import FolderLock; "
+            "FolderLock(sys.argv[1]).acquire(); print('held', flush=True); time.sleep(600)",
+            str(tmp_path / "r"),
+        ],
+        env={**os.environ, "PYTHONPATH": SRC},
+        stdout=subprocess.PIPE,
+    )
+    assert holder.stdout.readline().strip() == b"held"
+    with pytest.raises(RunFolderError, match=rf"another process \(pid {holder.pid}\)"):
+        Run(tiny(tmp_path / "r", epochs=1), progress=False)
+    holder.kill()
+    holder.wait()
+    Run(tiny(tmp_path / "r", epochs=1), progress=False).run()
+    assert f"left by process {holder.pid}" in capsys.readouterr().err
