@@ -44,6 +44,7 @@ class Outcome:
     clean_grad_norm: torch.Tensor  # global L2 norm of the (unscaled) clean gradient
     clean_grads: list[torch.Tensor | None] | None = None
     descent_grads: list[torch.Tensor | None] = field(default_factory=list)
+    found_inf: torch.Tensor | None = None
 
 
 def make_generator(seed: int | None, device: torch.device | str = "cpu") -> torch.Generator:
@@ -69,17 +70,32 @@ class Component:
     them (and the state of ``self.generator`` if there is one), ``load_state_dict`` puts them back, so a
     resumed run continues bit for bit. ``needs_clean_grads`` asks the engine to keep a copy of the clean
     gradient of ascent steps for ``record``.
+
+    ``skip_on_device``, declared on the class itself (a subclass does not inherit it), promises that the
+    component's part of a step may run before the engine knows whether the step is skipped for a
+    non-finite loss or gradient: it draws no random numbers after the clean pass, and its ``record``
+    leaves its state unchanged wherever ``outcome.found_inf`` is set, without reading that flag on the
+    host. When every component promises it, the engine never waits for the flag (see
+    :mod:`flatsam.skipping`); otherwise it reads the flag after each pass, as ``GradScaler`` does for an
+    optimizer without a fused kernel.
     """
 
     state_fields: ClassVar[tuple[str, ...]] = ()
     needs_clean_grads: ClassVar[bool] = False
+    skip_on_device: ClassVar[bool] = False
     generator: torch.Generator | None = None
+
+    @classmethod
+    def skips_on_device(cls) -> bool:
+        """Whether this very class declares ``skip_on_device`` (not a base class of it)."""
+        return bool(cls.__dict__.get("skip_on_device", False))
 
     def set_epoch(self, epoch: int) -> None:
         """Called by ``SharpnessAware.set_epoch`` at the start of every epoch."""
 
     def record(self, ctx: StepContext, outcome: Outcome) -> None:
-        """Learn from a finished (not skipped) step."""
+        """Learn from a finished step: one not skipped, or, with ``outcome.found_inf`` set, one that is
+        undone where the flag is set (a ``skip_on_device`` component must then change nothing)."""
 
     def state_dict(self) -> dict[str, Any]:
         state = {name: _clone(getattr(self, name)) for name in self.state_fields}

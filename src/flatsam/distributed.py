@@ -21,6 +21,17 @@ def all_ranks_agree(flag: bool, device: torch.device) -> bool:
     return bool(value.item())
 
 
+def any_rank(flags: torch.Tensor) -> torch.Tensor:
+    """Bool ``flags`` OR-ed element-wise over every rank (a MAX all-reduce), left on the device and never
+    read on the host: the tensor counterpart of ``all_ranks_agree``, for a step that decides on the
+    device whether to skip."""
+    if world_size() == 1:
+        return flags
+    value = flags.to(torch.int32)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return value > 0
+
+
 def gather_rows(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """Concatenate, along dim 0, each tensor's rows from every rank (rank order); rows may differ in number
     between ranks. All tensors must have the same number of rows and live on one device."""

@@ -21,6 +21,7 @@ from flatsam.perturbation import Perturbation, SAMPerturbation, total_norm
 from flatsam.reuse import NoReuse, Reuse
 from flatsam.schedule import Always, Schedule
 from flatsam.selection import AllRows, RowPlan, Selection, all_rows
+from flatsam.skipping import Verdict, clones, masked_step
 
 #: ``closure(rows)``: per-sample losses of the batch rows ``rows`` (``slice(None)`` = every row, B unknown)
 Closure = Callable[[Any], torch.Tensor]
@@ -28,24 +29,54 @@ Closure = Callable[[Any], torch.Tensor]
 
 @dataclass(frozen=True)
 class StepInfo:
-    """What one ``step`` did. Counts are Python ints; the loss stays a tensor until you read ``loss``.
+    """What one ``step`` did. Counts are Python ints; the loss stays a tensor until you read ``loss``, and
+    whether the step was skipped (a non-finite loss or gradient) stays on the device until you read
+    ``skipped``, ``reason``, ``ascent``, ``ascent_rows`` or ``descent_rows``: the first of them reads the
+    step's flag on the host once (a synchronisation on an accelerator); a skipped step reports no ascent
+    and no rows.
 
-    ``forward_samples``/``backward_samples`` count rows through forward and backward; a no-grad scoring
-    forward (K-SAM, ESAM) counts as a forward only. ``cost`` weighs them in SGD passes (see there).
+    ``ran_ascent``, ``ran_ascent_rows`` and ``ran_descent_rows`` say what ran, without reading anything
+    (on a step skipped on the device the passes ran, and were undone). ``forward_samples``/
+    ``backward_samples`` count rows through forward and backward (of every pass that ran); a no-grad
+    scoring forward (K-SAM, ESAM) counts as a forward only. ``cost`` weighs them in SGD passes (see there).
     """
 
     loss_tensor: torch.Tensor | None
-    ascent: bool
-    ascent_rows: int
-    descent_rows: int
+    ran_ascent: bool
+    ran_ascent_rows: int
+    ran_descent_rows: int
     forward_passes: int
     backward_passes: int
     forward_samples: int
     backward_samples: int
     rho: float
     batch_size: int
-    skipped: bool = False
-    reason: str | None = None
+    verdict: Verdict = field(default_factory=Verdict)
+
+    @property
+    def skipped(self) -> bool:
+        """Whether the step left the weights and the optimizer state unchanged."""
+        return self.verdict.skipped
+
+    @property
+    def reason(self) -> str | None:
+        """Why the step was skipped, else None."""
+        return self.verdict.reason
+
+    @property
+    def ascent(self) -> bool:
+        """Whether the step was a sharpness-aware step (ran an ascent and was not skipped)."""
+        return self.ran_ascent and not self.skipped
+
+    @property
+    def ascent_rows(self) -> int:
+        """Rows of the ascent pass (0 without ascent or when skipped)."""
+        return self.ran_ascent_rows if self.ascent else 0
+
+    @property
+    def descent_rows(self) -> int:
+        """Rows of the pass whose gradient stepped the weights (0 when skipped)."""
+        return 0 if self.skipped else self.ran_descent_rows
 
     @property
     def loss(self) -> float:
@@ -238,7 +269,16 @@ class SharpnessAware(torch.optim.Optimizer):
     and under DDP the ascent pass runs in ``no_sync``. With ``scaler=`` (a ``GradScaler``) the step also
     unscales, calls ``scaler.step`` and ``scaler.update``; ``scaler.step(opt)`` after ``first_step``
     works too. A non-finite loss or gradient skips the step and leaves the weights and the base
-    optimizer exactly as they were.
+    optimizer exactly as they were (see :mod:`flatsam.skipping`).
+
+    Host synchronisations: ``step(closure(rows))`` reads nothing on the host when every component
+    declares ``skip_on_device`` (those of SGD, SAM, ASAM, AUSAM, uniform sampling and SS-SAM) and no
+    ``GradScaler`` is given: the finiteness flag then masks the base optimizer's step on the device (read
+    only on the step that creates the optimizer state, usually the first) and is read when
+    ``StepInfo.skipped`` is. Otherwise the flag is read after each pass, as before: LookSAM's and ARSAM's
+    reuse replace their stored gradient in ``record``, AE-SAM decides its ascent on the host from the
+    clean gradient's norm, ``GradScaler`` reads its own flag; ``first_step``/``second_step`` return
+    bools and read it too.
     """
 
     # GradScaler.step(opt) hands this optimizer the scale and the inf check instead of skipping its step()
@@ -453,28 +493,53 @@ class SharpnessAware(torch.optim.Optimizer):
             ctx.grad_scale = scaler._scale  # noqa: SLF001
 
     def _finite(self, loss: torch.Tensor, norm: torch.Tensor) -> bool:
-        """Loss and gradient finite here, and (under torch.distributed) on every rank."""
+        """Loss and gradient finite here, and (under torch.distributed) on every rank (read on the host)."""
         if not self.check_finite:
             return True
         return all_ranks_agree(bool(torch.isfinite(loss) & torch.isfinite(norm)), loss.device)
+
+    def _verdict(self, ascend: bool | None, scaler: torch.amp.GradScaler | None) -> Verdict:
+        """How ``step(closure(rows))`` checks finiteness: deferred to the device when nothing before the
+        update needs the answer, i.e. the ascent is decided before the clean pass (not AE-SAM), no
+        ``GradScaler`` reads its own flag, and every component declares ``skip_on_device``."""
+        defer = (
+            self.check_finite
+            and ascend is not None
+            and scaler is None
+            and all(type(c).skips_on_device() for c in self.components.values())
+        )
+        return Verdict(defer=defer)
+
+    def _stops(self, verdict: Verdict, loss: torch.Tensor, norm: torch.Tensor, where: str) -> bool:
+        """Check the pass ``where``; True when the step must be skipped now (a flag read on the host)."""
+        return self.check_finite and verdict.check(loss, norm, f"non-finite loss or gradient in {where}")
 
     @torch.no_grad()
     def _perturb(self, ctx: StepContext) -> None:
         """w ← w + ε over the parameter groups that take part in the ascent: a group with
         ``perturb=False`` (e.g. LSQ step sizes, see :mod:`flatsam.quant`) gets no ε and no share of
-        its norm."""
+        its norm. The weights are saved and moved by ``torch._foreach_*`` kernels."""
         groups = [group for group in self.param_groups if group.get("perturb", True)]
-        for p, eps in self.perturbation.epsilon(ctx, groups):
-            self._backup[p] = p.detach().clone()
-            p.add_(eps)
+        pairs = self.perturbation.epsilon(ctx, groups)
+        if not pairs:
+            return
+        weights = [p.detach() for p, _ in pairs]
+        self._backup.update(zip([p for p, _ in pairs], clones(weights), strict=True))
+        torch._foreach_add_(weights, [eps for _, eps in pairs])
 
     @torch.no_grad()
     def restore(self) -> None:
         """Put back the weights saved before the perturbation, for every perturbed parameter (whether or
         not it has a gradient now)."""
-        for p, saved in self._backup.items():
-            p.copy_(saved)
+        if self._backup:
+            torch._foreach_copy_([p.detach() for p in self._backup], list(self._backup.values()))
         self._backup.clear()
+
+    def _put_back(self) -> dict[nn.Parameter, torch.Tensor]:
+        """``restore``, handing over the saved weights (a skipped step's masked update reuses them)."""
+        saved = dict(self._backup)
+        self.restore()
+        return saved
 
     # -- the step -----------------------------------------------------------------------------------
     def step(  # type: ignore[override]
@@ -596,6 +661,7 @@ class SharpnessAware(torch.optim.Optimizer):
                     "pass the micro-batches as one batch, the parts are its micro-batches"
                 )
             return self._partitioned_step(micros[0], ctx, scaler, ascend)
+        verdict = self._verdict(ascend, scaler)
 
         # clean pass: on the ascent rows if an ascent may follow, else on the rows the step trains on
         def clean_rows(plan: RowPlan | None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
@@ -632,13 +698,14 @@ class SharpnessAware(torch.optim.Optimizer):
         norm = self._grad_norm(ctx)
         loss = losses[0] if single else torch.stack(losses).sum()
         counters = [m.counter for m in micros]
-        if not self._finite(loss, norm):
-            return self._skip("non-finite loss or gradient in the clean pass", ctx, counters, loss, scaler)
-        if ascend is None:
+        if self._stops(verdict, loss, norm, "the clean pass"):
+            return self._skip(verdict, ctx, counters, loss, scaler)
+        if ascend is None:  # AE-SAM: a decision on the host
             ascend = bool(self.schedule.decide_after(ctx, norm.square()))
 
         clean_grads = None
         afters = None
+        saved = None
         if ascend:
             if self.keeps_clean_grads:
                 clean_grads = [None if g is None else g.detach() / ctx.grad_scale for g in self._grads()]
@@ -660,12 +727,10 @@ class SharpnessAware(torch.optim.Optimizer):
                     share=None if shares is None else shares[j],
                 )
                 afters.append(after), descent_losses.append(descent_loss)
-            self.restore()
+            saved = self._put_back()
             descent_loss = descent_losses[0] if single else torch.stack(descent_losses).sum()
-            if not self._finite(descent_loss, self._grad_norm(ctx)):
-                return self._skip(
-                    "non-finite loss or gradient in the descent pass", ctx, counters, loss, scaler
-                )
+            if self._stops(verdict, descent_loss, self._grad_norm(ctx), "the descent pass"):
+                return self._skip(verdict, ctx, counters, loss, scaler)
         starts = [0] if single else _offsets([m.ctx.batch_size for m in micros])
         ascent_rows = _joined([m.plan.ascent if ascend else clean_rows(m.plan)[0] for m in micros], starts)
         outcome = Outcome(
@@ -677,7 +742,7 @@ class SharpnessAware(torch.optim.Optimizer):
             clean_grad_norm=norm,
             clean_grads=clean_grads,
         )
-        return self._update(ctx, counters, loss, outcome, scaler)
+        return self._update(ctx, counters, loss, outcome, scaler, verdict, saved)
 
     def _partitioned_step(
         self,
@@ -699,13 +764,14 @@ class SharpnessAware(torch.optim.Optimizer):
         accumulated: list[torch.Tensor | None] | None = None
         befores, afters, losses, norms = [], [], [], []
         counters = [micro.counter]
+        verdict = self._verdict(ascend, scaler)
         for position, part in enumerate(parts):
             around = self.perturbation.clean_pass(ctx, self.params)
             before, loss, norm = self._clean_pass(
                 micro, ctx, part.ascent, part.ascent_weights, around=around, sync=False, scaler=scaler
             )
-            if not self._finite(loss, norm):
-                return self._skip("non-finite loss or gradient in a clean pass", ctx, counters, loss, scaler)
+            if self._stops(verdict, loss, norm, "a clean pass"):
+                return self._skip(verdict, ctx, counters, loss, scaler)
             self._perturb(ctx)
             share = torch.full((len(part.descent),), len(part.descent) / total, dtype=torch.float64)
             weights = share if part.descent_weights is None else share * part.descent_weights.to(share)
@@ -718,10 +784,8 @@ class SharpnessAware(torch.optim.Optimizer):
                 accumulate=accumulated,
             )
             self.restore()
-            if not self._finite(descent_loss, self._grad_norm(ctx)):
-                return self._skip(
-                    "non-finite loss or gradient in a descent pass", ctx, counters, loss, scaler
-                )
+            if self._stops(verdict, descent_loss, self._grad_norm(ctx), "a descent pass"):
+                return self._skip(verdict, ctx, counters, loss, scaler)
             accumulated = self._grads()
             befores.append(before), afters.append(after), losses.append(loss), norms.append(norm)
         outcome = Outcome(
@@ -736,7 +800,7 @@ class SharpnessAware(torch.optim.Optimizer):
             [len(part.ascent) for part in parts], dtype=losses[0].dtype, device=losses[0].device
         )
         mean_loss = (torch.stack(losses) * sizes).sum() / sizes.sum()
-        return self._update(ctx, counters, mean_loss, outcome, scaler)
+        return self._update(ctx, counters, mean_loss, outcome, scaler, verdict)
 
     def _update(
         self,
@@ -745,8 +809,12 @@ class SharpnessAware(torch.optim.Optimizer):
         loss: torch.Tensor | None,
         outcome: Outcome,
         scaler: torch.amp.GradScaler | None,
+        verdict: Verdict,
+        saved: dict[nn.Parameter, torch.Tensor] | None = None,
     ) -> StepInfo:
-        """Unscale, reuse (steps without ascent), clip, let the components record, step the base."""
+        """Unscale, reuse (steps without ascent), clip, let the components record, step the base. With a
+        deferred verdict the components record under ``outcome.found_inf`` and the base optimizer's step
+        is masked by it (``masked_step``, reusing the weights ``saved`` before the perturbation)."""
         if scaler is not None:
             scaler.unscale_(self.base)
         if not outcome.ascent:
@@ -754,11 +822,14 @@ class SharpnessAware(torch.optim.Optimizer):
         if self.max_grad_norm is not None:
             torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm)
         outcome.descent_grads = self._grads()
+        outcome.found_inf = verdict.found_inf
         for component in self.components.values():
             component.record(ctx, outcome)
         if scaler is not None:
             scaler.step(self.base)
             scaler.update()
+        elif outcome.found_inf is not None:
+            masked_step(self.base, outcome.found_inf, saved)
         else:
             self.base.step()
         return self._info(
@@ -768,21 +839,23 @@ class SharpnessAware(torch.optim.Optimizer):
             outcome.ascent,
             len(outcome.ascent_rows) if outcome.ascent else 0,
             len(outcome.descent_rows),
+            verdict,
         )
 
     def _skip(
         self,
-        reason: str,
+        verdict: Verdict,
         ctx: StepContext,
         counters: list[_Counter],
         loss: torch.Tensor | None,
         scaler: torch.amp.GradScaler | None,
     ) -> StepInfo:
+        """A step skipped on the host (``verdict`` holds the reason): weights back, no step."""
         self.restore()
         self.zero_grad(set_to_none=True)
         if scaler is not None:  # back off as GradScaler does on an overflow, without stepping
             scaler.update(scaler.get_scale() * scaler.get_backoff_factor())
-        return self._info(ctx, counters, loss, False, 0, 0, reason)
+        return self._info(ctx, counters, loss, False, 0, 0, verdict)
 
     def _info(
         self,
@@ -792,22 +865,21 @@ class SharpnessAware(torch.optim.Optimizer):
         ascent: bool,
         ascent_rows: int,
         descent_rows: int,
-        reason: str | None = None,
+        verdict: Verdict,
     ) -> StepInfo:
         total = _Counter.sum(counters)
         return StepInfo(
             loss_tensor=loss,
-            ascent=ascent,
-            ascent_rows=ascent_rows,
-            descent_rows=descent_rows,
+            ran_ascent=ascent,
+            ran_ascent_rows=ascent_rows,
+            ran_descent_rows=descent_rows,
             forward_passes=total.forward_passes,
             backward_passes=total.backward_passes,
             forward_samples=total.forward_samples,
             backward_samples=total.backward_samples,
             rho=ctx.rho,
             batch_size=ctx.batch_size or 0,
-            skipped=reason is not None,
-            reason=reason,
+            verdict=verdict,
         )
 
     # -- davda54/sam's APIs: the caller runs the first forward/backward -----------------------------
@@ -967,7 +1039,7 @@ class SharpnessAware(torch.optim.Optimizer):
             if not self._finite(norm, norm):
                 pending.skip = "non-finite gradient in the descent pass"
         if pending.skip is not None:
-            return self._skip(pending.skip, ctx, counters, pending.loss, scaler)
+            return self._skip(Verdict(reason=pending.skip), ctx, counters, pending.loss, scaler)
         rows = all_rows(ctx.batch_size)
         empty = torch.zeros(0)
         outcome = Outcome(
@@ -979,7 +1051,7 @@ class SharpnessAware(torch.optim.Optimizer):
             clean_grad_norm=pending.norm,  # type: ignore[arg-type]
             clean_grads=pending.clean_grads,
         )
-        return self._update(ctx, counters, pending.loss, outcome, scaler)
+        return self._update(ctx, counters, pending.loss, outcome, scaler, Verdict())
 
     # -- checkpoints --------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

@@ -59,6 +59,8 @@ class SAMPerturbation(Perturbation):
     ``eps`` = 1e-12 as in davda54/sam and the AUSAM authors' ``first_step``.
     """
 
+    skip_on_device = True
+
     def __init__(self, eps: float = 1e-12) -> None:
         if eps < 0:
             raise ValueError(f"eps must be >= 0, got {eps}")
@@ -102,6 +104,8 @@ class ASAMPerturbation(Perturbation):
     (CIFAR-10) and 1.0 (CIFAR-100). ``scope="all"`` with ``eta=0`` is davda54/sam's ``adaptive=True``
     (T = |w| on every parameter), whose good ρ is about 2.0 on CIFAR-10 (davda54/sam#37).
     """
+
+    skip_on_device = True
 
     def __init__(
         self,

@@ -19,6 +19,8 @@ class Reuse(Component):
 class NoReuse(Reuse):
     """Steps without an ascent use the plain gradient as it is."""
 
+    skip_on_device = True
+
     def apply(self, ctx: StepContext, params: list[torch.nn.Parameter]) -> None:
         return None
 

@@ -28,12 +28,16 @@ class Schedule(Component):
 class Always(Schedule):
     """Every step is a sharpness-aware step (SAM, ASAM, AUSAM, ESAM, K-SAM)."""
 
+    skip_on_device = True
+
     def decide(self, ctx: StepContext) -> bool:
         return True
 
 
 class Never(Schedule):
     """No step ascends: the base optimizer through the same engine (the SGD reference of a benchmark)."""
+
+    skip_on_device = True
 
     def decide(self, ctx: StepContext) -> bool:
         return False
@@ -79,6 +83,8 @@ class EveryK(Schedule):
     The step is the engine's step counter (``ctx.step``), so the period survives a resume.
     """
 
+    skip_on_device = True
+
     def __init__(self, k: int = 5) -> None:
         self.k = check_int("k", k, 1)
 
@@ -113,6 +119,7 @@ class Bernoulli(Schedule):
     """
 
     SCHEDULES = ("constant", "linear", "cosine", "piecewise")
+    skip_on_device = True  # its one draw comes before the clean pass
 
     def __init__(
         self,

@@ -71,6 +71,8 @@ class Selection(Component):
 class AllRows(Selection):
     """Both passes on every row (SAM)."""
 
+    skip_on_device = True
+
     needs_batch_size = False
     selects_rows = False
 
@@ -169,6 +171,7 @@ class ADLPSampler(Selection):
     """
 
     state_fields = ("dlp_sum", "dlp_count", "warmup_seen", "epoch")
+    skip_on_device = True  # record leaves the history unchanged where outcome.found_inf is set
 
     def __init__(
         self,
@@ -288,8 +291,12 @@ class ADLPSampler(Selection):
         grad_norm: torch.Tensor | float | None,
         rho: float | None,
         epoch: int | None,
+        skip: torch.Tensor | None = None,
     ) -> None:
-        """``update`` for an ``index`` already checked and on the history's device."""
+        """``update`` for an ``index`` already checked and on the history's device. ``skip`` (a 0-dim bool
+        tensor, not read on the host): where set, the history stays exactly as it is (each entry is
+        written back, or +0 is added to a sum of non-negative values); the rows still count towards the
+        warm-up warning."""
         dlp = (loss_after.detach() - loss_before.detach()).abs().to(self.dlp_sum.dtype)
         if self.normalize_by_grad_norm:
             if grad_norm is None or rho is None:
@@ -298,14 +305,21 @@ class ADLPSampler(Selection):
             dlp = torch.where(denom > 0, dlp / denom.clamp_min(torch.finfo(dlp.dtype).tiny), 0.0)
         index, dlp = gather_rows(index.to(dlp.device, non_blocking=True), dlp)
         index, dlp = index.to(self.device, non_blocking=True), dlp.to(self.device, non_blocking=True)
+        skip = None if skip is None else skip.to(self.device, non_blocking=True)
+
+        def kept(new: torch.Tensor, old: torch.Tensor | float) -> torch.Tensor:
+            return new if skip is None else torch.where(skip, old, new)
+
         if self.in_warmup(epoch):
-            self.dlp_sum[index] = dlp * self.dlp_count[index]
+            self.dlp_sum[index] = kept(dlp * self.dlp_count[index], self.dlp_sum[index])
             self._count_warmup(len(index))
         elif self.average == "ema":
-            self.dlp_sum[index] = self.ema_decay * self.dlp_sum[index] + (1 - self.ema_decay) * dlp
+            self.dlp_sum[index] = kept(
+                self.ema_decay * self.dlp_sum[index] + (1 - self.ema_decay) * dlp, self.dlp_sum[index]
+            )
         else:
-            self.dlp_sum.index_add_(0, index, dlp)
-            self.dlp_count.index_add_(0, index, torch.ones_like(dlp))
+            self.dlp_sum.index_add_(0, index, kept(dlp, 0.0))
+            self.dlp_count.index_add_(0, index, kept(torch.ones_like(dlp), 0.0))
 
     def _checked(self, index: torch.Tensor) -> torch.Tensor:
         return checked_index(index, self.num_samples, self.device)
@@ -341,6 +355,7 @@ class ADLPSampler(Selection):
             outcome.clean_grad_norm,
             ctx.rho,
             ctx.epoch,
+            outcome.found_inf,
         )
 
     def extra_repr(self) -> str:
@@ -361,6 +376,8 @@ class UniformSampler(Selection):
     baseline of AUSAM (Deng et al., AAAI 2025; AUSAM with equal probabilities). The first
     ``warmup_epochs`` use every row, like AUSAM's warm-up (``UniformSAM`` sets it to AUSAM's 1, so that
     the two differ only in how rows are drawn after it; 0 here, as a component). Own generator."""
+
+    skip_on_device = True  # draws in plan, before the clean pass
 
     def __init__(self, keep: float = 0.5, seed: int | None = None, warmup_epochs: int = 0) -> None:
         self.keep = check_fraction("keep", keep)

@@ -88,6 +88,7 @@ ABLATION_METHODS = (
     "gradnorm=ausam:normalize_by_grad_norm=true",
     "reweight=ausam:reweight=true",
     "rho-0.05=ausam:rho=0.05",
+    "sam-rho0.05=sam:rho=0.05",  # the control: does SAM gain as much from the smaller ρ?
     f"sgd-recipe=sgd:{AUTHORS_RECIPE}",
     f"sam-recipe=sam:{AUTHORS_RECIPE}",
     f"ausam-recipe=ausam:{AUTHORS_RECIPE}",

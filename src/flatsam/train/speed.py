@@ -174,7 +174,7 @@ class Flatsam:
         info = self.optimizer.step(
             lambda rows: F.cross_entropy(model(x[rows]), y[rows], reduction="none"), index=index
         )
-        return info.ascent
+        return info.ran_ascent  # known on the host: reading `ascent` would wait for the step on a GPU
 
 
 Contender = TorchSGD | Flatsam

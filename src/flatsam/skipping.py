@@ -1,0 +1,163 @@
+"""Skipping a step whose loss or gradient is not finite, decided on the device.
+
+``torch.amp.GradScaler`` hands its fused optimizers a ``found_inf`` tensor that the update kernel itself
+obeys, so nobody waits for the flag on the host. ``Verdict`` keeps a step's flags the same way, and
+``masked_step`` runs any base optimizer's step and then undoes it exactly, on the device, where the flag
+is set: every tensor the step may write (the parameters with a gradient and their optimizer state) is
+saved first and selected back by ``torch.where(found_inf, saved, new)``. ``where`` copies the bits of the
+chosen operand, so a kept step is the optimizer's own update bit for bit and a skipped one leaves weights,
+momentum buffers and step counters exactly as they were, NaN or not.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from flatsam.distributed import all_ranks_agree, any_rank
+
+
+def nonfinite(loss: torch.Tensor, norm: torch.Tensor) -> torch.Tensor:
+    """A 0-dim bool tensor, on ``loss``'s device: is the loss or the gradient norm NaN or infinite?"""
+    return ~(torch.isfinite(loss) & torch.isfinite(norm.to(loss.device)))
+
+
+class Verdict:
+    """Whether a step is skipped, and why, from a check of (loss, gradient norm) after each pass.
+
+    Deferred (``defer=True``): ``check`` keeps each flag on the device and reads nothing; ``found_inf``
+    joins them once (a MAX all-reduce under torch.distributed, not read either), and ``skipped`` /
+    ``reason`` read them on the host on first use, one read, kept. Immediate: ``check`` reads its flag at
+    once (agreed by every rank) and says whether the step stops there, as the engine did before. A
+    verdict made with ``reason`` is a skip already decided on the host.
+    """
+
+    def __init__(self, defer: bool = False, reason: str | None = None) -> None:
+        self.defer = defer
+        self._flags: list[torch.Tensor] = []
+        self._reasons: list[str] = []
+        self._joined: torch.Tensor | None = None
+        self._reason = reason
+        self._read = not defer
+
+    def check(self, loss: torch.Tensor, norm: torch.Tensor, reason: str) -> bool:
+        """Record one check; True only when the step must stop now (immediate mode, not finite)."""
+        if self.defer:
+            if self._joined is not None:
+                raise RuntimeError("Verdict.check after found_inf was read: the flags are already joined")
+            self._flags.append(nonfinite(loss, norm))
+            self._reasons.append(reason)
+            return False
+        if all_ranks_agree(bool(torch.isfinite(loss) & torch.isfinite(norm)), loss.device):
+            return False
+        self._reason = reason
+        return True
+
+    @property
+    def found_inf(self) -> torch.Tensor | None:
+        """The deferred flags joined (and agreed by every rank), a 0-dim bool tensor; ``None`` when
+        nothing is deferred. Every rank must ask for it at the same point of the step."""
+        if not self.defer or not self._flags:
+            return None
+        if self._joined is None:
+            self._joined = any_rank(torch.stack(self._flags))
+        return self._joined.any()
+
+    def _resolve(self) -> None:
+        if self._read:
+            return
+        found = self.found_inf
+        self._read = True
+        if found is None:
+            return
+        assert self._joined is not None
+        for flag, reason in zip(self._joined.tolist(), self._reasons, strict=True):
+            if flag:
+                self._reason = reason
+                return
+
+    @property
+    def skipped(self) -> bool:
+        """Whether the step left weights and optimizer state unchanged (reads the flags once)."""
+        return self.reason is not None
+
+    @property
+    def reason(self) -> str | None:
+        """Why the step was skipped (the first pass whose loss or gradient was not finite), else None."""
+        self._resolve()
+        return self._reason
+
+    def __repr__(self) -> str:
+        state = "pending" if not self._read else repr(self._reason)
+        return f"Verdict({state})"
+
+
+def clones(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Copies of ``tensors`` by one ``torch._foreach_clone`` (which refuses an empty list)."""
+    return list(torch._foreach_clone(tensors)) if tensors else []
+
+
+def _same_layout(before: dict[str, Any] | None, after: dict[str, Any] | None) -> bool:
+    """The optimizer state of a parameter kept its keys, its tensors (updated in place, not replaced)
+    and its other values through a step."""
+    before, after = before or {}, after or {}
+    if before.keys() != after.keys():
+        return False
+    for key, old in before.items():
+        new = after[key]
+        if isinstance(old, torch.Tensor) or isinstance(new, torch.Tensor):
+            if new is not old:
+                return False
+        elif new != old:
+            return False
+    return True
+
+
+@torch.no_grad()
+def masked_step(
+    optimizer: torch.optim.Optimizer,
+    found_inf: torch.Tensor,
+    saved: dict[torch.nn.Parameter, torch.Tensor] | None = None,
+) -> None:
+    """``optimizer.step()`` unless ``found_inf`` (a 0-dim bool tensor) is set, exactly, without reading it.
+
+    The parameters with a gradient (those a ``torch.optim`` optimizer updates) are saved, reusing the
+    copies in ``saved`` (the weights before a SAM perturbation), and so are the tensors of their optimizer
+    state (``_foreach_clone``); after the step each is chosen back by ``torch.where``. The flag is read
+    on the host (one synchronisation) only where masking cannot be exact: when the step changes the layout
+    of the state (its first step creates the momentum buffers; a value that is not a tensor changes; a
+    tensor is replaced rather than updated in place) or a tensor lives on another device than the flag
+    (e.g. Adam's step count on the CPU without ``capturable``); a skipped step then puts everything back.
+    """
+    params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+    saved = saved or {}
+    missing = [p for p in params if p not in saved]
+    fresh = dict(zip(missing, clones([p.detach() for p in missing]), strict=True))
+    weights = [saved[p] if p in saved else fresh[p] for p in params]
+    layout = {p: dict(optimizer.state[p]) if p in optimizer.state else None for p in params}
+    entries = [
+        value
+        for state in layout.values()
+        if state
+        for value in state.values()
+        if isinstance(value, torch.Tensor)
+    ]
+    copies = clones(entries)
+    optimizer.step()
+    exact = all(_same_layout(layout[p], optimizer.state.get(p)) for p in params) and all(
+        t.device == found_inf.device for t in [*params, *entries]
+    )
+    if exact:
+        for target, old in zip([*params, *entries], [*weights, *copies], strict=True):
+            torch.where(found_inf, old, target.detach(), out=target.detach())
+        return
+    if not bool(found_inf):
+        return
+    for target, old in zip([*params, *entries], [*weights, *copies], strict=True):
+        target.detach().copy_(old)
+    for p, state in layout.items():
+        if state is None:
+            optimizer.state.pop(p, None)
+        else:
+            optimizer.state[p] = state
