@@ -94,6 +94,7 @@ ABLATION_METHODS = (
     f"ausam-recipe=ausam:{AUTHORS_RECIPE}",
     "sam-lr0.05=sam:train.lr=0.05",
     "ausam-lr0.05=ausam:train.lr=0.05",
+    "ausam-lr0.05-rho0.05=ausam:rho=0.05,train.lr=0.05",  # is the lr-0.05 instability the ascent's size?
 )
 
 
