@@ -185,3 +185,9 @@ class HostReads:
     def __exit__(self, *exc: object) -> None:
         for name, original in self._saved.items():
             setattr(torch.Tensor, name, original)
+
+
+def small_cli_args(subset: int = 128) -> list[str]:
+    """Command-line flags of a tiny synthetic run: an MLP, batch 64, one thread."""
+    return ["--dataset", "synthetic", "--subset", str(subset), "--model", "mlp", "--batch-size", "64",
+            "--threads", "1"]

@@ -16,19 +16,9 @@ import torch
 import flatsam
 from flatsam.cli import main
 from flatsam.train import Run, TrainConfig, records
+from helpers import small_cli_args
 
-SMALL = [
-    "--dataset",
-    "synthetic",
-    "--subset",
-    "128",
-    "--model",
-    "mlp",
-    "--batch-size",
-    "64",
-    "--threads",
-    "1",
-]
+SMALL = small_cli_args()
 TRAIN = ["train", "--epochs", "1", "--no-progress", *SMALL]
 
 #: (case, command line, what the message must name)

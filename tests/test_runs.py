@@ -10,19 +10,9 @@ import pytest
 from flatsam.cli import main
 from flatsam.train import Interrupted, Run, TrainConfig, records
 from flatsam.train.rundir import LOCK, FolderLock, RunFolderError, claim
+from helpers import small_cli_args
 
-SMALL = [
-    "--dataset",
-    "synthetic",
-    "--subset",
-    "128",
-    "--model",
-    "mlp",
-    "--batch-size",
-    "64",
-    "--threads",
-    "1",
-]
+SMALL = small_cli_args()
 TRAIN = ["train", "--method", "sgd", "--epochs", "1", "--no-progress", *SMALL]
 
 
