@@ -144,7 +144,7 @@ def round_trip(state: Any) -> Any:
     buffer = io.BytesIO()
     torch.save(state, buffer)
     buffer.seek(0)
-    return torch.load(buffer, weights_only=False)
+    return torch.load(buffer, weights_only=True)  # state dicts hold plain types only
 
 
 def bn_model(momentum: float | None = 0.1) -> nn.Module:
@@ -185,3 +185,9 @@ class HostReads:
     def __exit__(self, *exc: object) -> None:
         for name, original in self._saved.items():
             setattr(torch.Tensor, name, original)
+
+
+def small_cli_args(subset: int = 128) -> list[str]:
+    """Command-line flags of a tiny synthetic run: an MLP, batch 64, one thread."""
+    return ["--dataset", "synthetic", "--subset", str(subset), "--model", "mlp", "--batch-size", "64",
+            "--threads", "1"]

@@ -16,19 +16,9 @@ import torch
 
 from flatsam.cli import main
 from flatsam.train import Interrupted, Run, TrainConfig, records
+from helpers import small_cli_args
 
-SMALL = [
-    "--dataset",
-    "synthetic",
-    "--subset",
-    "400",
-    "--model",
-    "mlp",
-    "--batch-size",
-    "64",
-    "--threads",
-    "1",
-]
+SMALL = small_cli_args(400)
 
 
 def tiny_config(tmp_path: Path, **over) -> TrainConfig:

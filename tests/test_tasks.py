@@ -9,7 +9,7 @@ import torch
 
 from flatsam import quant
 from flatsam.cli import main
-from flatsam.train import Interrupted, Run, TrainConfig
+from flatsam.train import Interrupted, Run, TrainConfig, records
 
 QAT = dict(dataset="synthetic", subset=256, model="cnn", epochs=2, batch_size=64, threads=1, quantize="w4a4")
 POSE = dict(
@@ -69,12 +69,12 @@ def test_quantize_cli_trains_a_quantized_model_from_a_full_precision_run(tmp_pat
     ]
     assert main([*argv, "--run-dir", str(tmp_path / "q")]) == 0
     assert "test accuracy" in capsys.readouterr().out
-    state = torch.load(tmp_path / "q" / "checkpoint.pt", weights_only=False)
+    state = records.load_checkpoint(tmp_path / "q" / "checkpoint.pt")  # weights_only, checked
     assert state["config"]["quantize"] == "w2a4"
     steps = [k for k in state["model"] if k.endswith("input_quant.step")]
     assert len(steps) == 4  # two convolutions and two linear layers
     # a quantized run starts from the full-precision weights, first and last layer at 8 bits
-    fp = torch.load(tmp_path / "fp" / "checkpoint.pt", weights_only=False)["model"]
+    fp = records.load_checkpoint(tmp_path / "fp" / "checkpoint.pt")["model"]
     config = TrainConfig(**{**QAT, "epochs": 1, "quantize": "w2a4", "quantize_init": str(tmp_path / "fp")})
     model = Run(config.replace(run_dir=str(tmp_path / "fresh")), progress=False).setup.model
     assert torch.equal(model.state_dict()["features.0.0.weight"], fp["features.0.0.weight"])

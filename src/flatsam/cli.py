@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
+import os
 import shlex
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 from flatsam.train.config import MethodSpec, TrainConfig, parse_options
 
@@ -79,7 +82,7 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
 
 def overlay(config: TrainConfig, args: argparse.Namespace) -> TrainConfig:
     names = {f.name for f in dataclasses.fields(TrainConfig)}
-    return config.replace(**{k: v for k, v in vars(args).items() if k in names})
+    return config.replace(**{k: v for k, v in vars(args).items() if k in names and v is not None})
 
 
 def with_task_defaults(config: TrainConfig, args: argparse.Namespace) -> TrainConfig:
@@ -100,6 +103,11 @@ def check_names(config: TrainConfig) -> None:
     from flatsam.pose import POSE_DATASETS
 
     method_info(config.method)
+    if config.data_dir is not None and not Path(config.data_dir).expanduser().exists():
+        raise FileNotFoundError(
+            f"--data-dir {config.data_dir} does not exist (give the folder or tarball "
+            "that holds the dataset, or leave it out to use the default places)"
+        )
     if config.task == "pose":
         if config.dataset not in POSE_DATASETS:
             raise ValueError(f"unknown pose dataset {config.dataset!r}; valid: {', '.join(POSE_DATASETS)}")
@@ -112,25 +120,89 @@ def check_names(config: TrainConfig) -> None:
 # -- subcommands ----------------------------------------------------------------------------------------
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    from flatsam.train.loop import Run
+def quick_settings(dataset: str) -> dict[str, Any]:
+    """``--quick``: 2 epochs on 600 training images (all 512 of the synthetic set)."""
+    return {"subset": None if dataset == "synthetic" else 600, "epochs": 2}
 
-    config = TrainConfig(subset=600, epochs=2) if args.quick else TrainConfig()
-    config = overlay(with_task_defaults(config, args), args)
-    spec = MethodSpec.parse(args.method)
+
+def given_config(args: argparse.Namespace) -> TrainConfig:
+    """The configuration of a new run from the command line (defaults, task defaults, flags, method)."""
+    config = overlay(with_task_defaults(TrainConfig(), args), args)
+    if args.quick:
+        config = overlay(config.replace(**quick_settings(config.dataset)), args)
+    spec = MethodSpec.parse(args.method or "ausam")
     parts = {kind: getattr(args, kind) for kind in COMPONENT_KINDS if getattr(args, kind) is not None}
     if parts and spec.name != "custom":
         raise ValueError(f"--{'/--'.join(parts)} compose a method: use them with --method custom")
     options = {**spec.options, **parts, **parse_options(args.opt or [], "--opt")}
-    run_dir = args.run_dir or str(Path("runs") / (args.name or spec.display()))
-    config = config.replace(
-        method=spec.name, method_options=options, label=args.name or spec.display(), run_dir=run_dir
-    )
+    return config.replace(method=spec.name, method_options=options, label=args.name or spec.display())
+
+
+def train_folder(args: argparse.Namespace) -> Path:
+    """``--run-dir``, else ``runs/NAME`` (``--name``, checked to stay inside ``runs/``), else the method."""
+    from flatsam.train.rundir import run_folder
+
+    if args.run_dir:
+        return Path(args.run_dir)
+    if args.name is not None:
+        return run_folder("runs", args.name)
+    if args.resume:
+        raise ValueError("--resume needs --name (or --run-dir) of the run to continue")
+    return run_folder("runs", MethodSpec.parse(args.method or "ausam").display())
+
+
+def resumed_config(run_dir: Path, args: argparse.Namespace) -> TrainConfig:
+    """The configuration saved in ``run_dir/config.json``; flags given again must agree with it (only
+    ``--threads`` may change), else the error lists each difference."""
+    from flatsam.train import records
+    from flatsam.train.loop import RESUME_MAY_CHANGE
+
+    path = run_dir / records.CONFIG
+    if not path.is_file():
+        raise FileNotFoundError(f"--resume: no run at {run_dir} (no {records.CONFIG})")
+    try:
+        saved = TrainConfig.from_dict(records.read_json(path)["config"])
+    except (ValueError, KeyError, TypeError) as error:
+        raise ValueError(f"--resume: {path} is not a flatsam run configuration ({error})") from None
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    given = {k: v for k, v in vars(args).items() if k in fields and v is not None}
+    if args.method is not None or args.opt or any(getattr(args, kind) for kind in COMPONENT_KINDS):
+        method = given_config(args)
+        given.update(method=method.method, method_options=method.method_options)
+    if args.quick:
+        given = {**quick_settings(given.get("dataset", saved.dataset)), **given}
+    old, new = records.plain_config(saved.to_dict()), records.plain_config(given)
+    differ = [
+        f"{k}={new[k]!r} (the run has {old[k]!r})"
+        for k in new
+        if k not in RESUME_MAY_CHANGE and new[k] != old[k]
+    ]
+    if differ:
+        raise ValueError(
+            f"--resume: {run_dir} was made with other settings: {'; '.join(differ)}; drop these flags "
+            "(the run's config.json is used) or start a new run under another --name"
+        )
+    kept = {k: v for k, v in given.items() if k in RESUME_MAY_CHANGE and k != "run_dir"}
+    return saved.replace(**kept, run_dir=str(run_dir))
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from flatsam.train.loop import Run, check_method
+
+    if args.resume and args.overwrite:
+        raise ValueError("--resume and --overwrite exclude each other")
+    run_dir = train_folder(args)
+    if args.resume:
+        config = resumed_config(run_dir, args)
+    else:
+        config = given_config(args).replace(run_dir=str(run_dir))
     check_names(config)
+    check_method(config)
     from flatsam.train import launch
 
     with launch.distributed(config.device):  # joins torchrun's process group, if any
-        result = Run(config, resume=args.resume, progress=not args.no_progress).run()
+        run = Run(config, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
+        result = run.run()
         if not launch.is_main():
             return 0
     metric = "test accuracy"
@@ -152,7 +224,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
     suite_name = "quick" if args.quick else args.suite
     suite = SUITES[suite_name]
     specs = [MethodSpec.parse(m) for m in (args.methods or suite.methods)]
-    config = overlay(with_task_defaults(suite.config, args), args)
+    base = with_task_defaults(suite.config, args)
+    if "epochs" in vars(args) and "lr_warmup_epochs" not in vars(args) and base.lr_warmup_epochs:
+        # the suite's warm-up is a fraction of its epochs: keep the fraction for the epochs given
+        warmup = base.lr_warmup_epochs * args.epochs / base.epochs
+        print(f"flatsam: LR warm-up {warmup:g} epochs (the suite's fraction of --epochs)", file=sys.stderr)
+        base = base.replace(epochs=args.epochs, lr_warmup_epochs=warmup)
+    config = overlay(base, args)
     for spec in specs:
         check_names(config.replace(method=spec.name))
     out = Path(args.out or Path("runs") / "bench" / suite_name)
@@ -160,7 +238,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
     rho = args.rho if args.rho is not None else suite.rho
     command = "flatsam " + shlex.join(args.argv) if args.record_command else None
     paths = run_bench(
-        config, specs, seeds, out, rho=rho, resume=args.resume, progress=not args.no_progress, command=command
+        config,
+        specs,
+        seeds,
+        out,
+        rho=rho,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        progress=not args.no_progress,
+        command=command,
     )
     print(paths["md"].read_text())
     print("written:", ", ".join(str(p) for p in paths.values()))
@@ -259,14 +345,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument(
         "--method",
-        default="ausam",
-        help="registered method, optionally with options: 'ausam' or 'ausam:keep=0.3,s_max=1'",
+        help="registered method, optionally with options: 'ausam' or 'ausam:keep=0.3,s_max=1' "
+        "(default: ausam; with --resume: the run's)",
     )
     train.add_argument("--opt", action="append", metavar="KEY=VALUE", help="a method option (repeatable)")
     train.add_argument("--name", help="run name (folder runs/NAME); default: the method spec")
     train.add_argument("--run-dir", help="run folder (overrides --name)")
-    train.add_argument("--resume", action="store_true", help="continue the run in the run folder")
-    train.add_argument("--quick", action="store_true", help="600 images, 2 epochs")
+    train.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in the run folder, with the configuration of its config.json",
+    )
+    train.add_argument(
+        "--overwrite", action="store_true", help="replace a run already in the run folder (deletes its files)"
+    )
+    train.add_argument(
+        "--quick", action="store_true", help="600 images (the synthetic set: all 512), 2 epochs"
+    )
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     compose = train.add_argument_group("composition (with --method custom; options as --opt KIND.KEY=VALUE)")
     for kind in COMPONENT_KINDS:
@@ -281,8 +376,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument(
         "--suite",
-        choices=["default", "quick", "all", "long-n40", "long-n20", "long-clean", "ablation", "quant",
-                 "pose"],
+        choices=[
+            "default",
+            "quick",
+            "all",
+            "long-n40",
+            "long-n20",
+            "long-clean",
+            "ablation",
+            "quant",
+            "pose",
+        ],
         default="default",
         help="default: sgd, sam, ausam × 3 seeds; all: every method and two compositions; long-n40/long-n20: "
         "the long regime (5× the steps) at 40 %%/20 %% label noise with SAM at SGD's budget and controls; "
@@ -301,6 +405,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--rho", type=float, help="common ρ for methods on SAM's scale (default: the suite's)")
     bench.add_argument("--out", help="output folder (default runs/bench/SUITE)")
     bench.add_argument("--resume", action="store_true", help="skip finished runs, continue interrupted ones")
+    bench.add_argument("--overwrite", action="store_true", help="redo runs already in the output folder")
     bench.add_argument("--no-progress", action="store_true", help="no progress bars")
     bench.add_argument(
         "--record-command",
@@ -335,20 +440,62 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: Errors that come from what the user gave (flags, files, folders): exit status 2, one line.
+USER_ERRORS = (ValueError, KeyError, TypeError, OSError)
+
+
+def describe(error: BaseException) -> str:
+    """One line for ``error``: file-system errors say what failed where, in plain words."""
+    if isinstance(error, OSError) and not isinstance(error, FileNotFoundError) and error.errno is not None:
+        where = f"{error.filename}: " if error.filename else ""
+        reason = {
+            errno.ENOSPC: "no space left on the device",
+            errno.EDQUOT: "disk quota exceeded",
+            errno.EROFS: "the file system is read-only",
+            errno.EACCES: "permission denied",
+            errno.EPERM: "operation not permitted",
+        }.get(error.errno, error.strerror or str(error))
+        kept = error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO)
+        return f"{where}{reason}{'; the files written before are intact' if kept else ''}"
+    text = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
+    return " ".join(str(text).split()) or type(error).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run the command line; errors of the input are one line on stderr with exit status 2 (set
+    ``FLATSAM_DEBUG=1`` for the traceback), Ctrl-C is 130, a closed output pipe ends quietly."""
     from flatsam.train.loop import Interrupted
 
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     args.argv = argv
+    debug = os.environ.get("FLATSAM_DEBUG", "") not in ("", "0")
     try:
         return args.func(args)
     except Interrupted as stop:
         print(f"flatsam: {stop}", file=sys.stderr)
+        return 128 + stop.signum
+    except KeyboardInterrupt:
+        print("flatsam: interrupted", file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError, KeyError) as error:
-        print(f"flatsam: error: {error}", file=sys.stderr)
+    except BrokenPipeError:  # e.g. `flatsam methods | head`: the reader has gone, so has the output
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
+    except USER_ERRORS as error:
+        if debug:
+            raise
+        print(f"flatsam: error: {describe(error)}", file=sys.stderr)
         return 2
+    except Exception as error:
+        if debug:
+            raise
+        print(
+            f"flatsam: internal error: {type(error).__name__}: {describe(error)} (FLATSAM_DEBUG=1 shows the "
+            "traceback; please report it)",
+            file=sys.stderr,
+        )
+        return 1
 
 
 if __name__ == "__main__":

@@ -99,18 +99,29 @@ class Component:
 
     def state_dict(self) -> dict[str, Any]:
         state = {name: _clone(getattr(self, name)) for name in self.state_fields}
+        state["kind"] = type(self).__name__
         if self.generator is not None:
             state["generator"] = self.generator.get_state()
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Put back what ``state_dict`` saved; the state of another component class, or a tensor of another
+        shape (e.g. AUSAM's per-sample history of a dataset of another size), is a ``ValueError``."""
+        me = type(self).__name__
+        if state.get("kind", me) != me:
+            raise ValueError(f"{me}.load_state_dict: got the state of a {state['kind']} (another method?)")
         missing = [name for name in self.state_fields if name not in state]
         if missing:
-            raise KeyError(f"{type(self).__name__}.load_state_dict: missing {missing}")
+            raise KeyError(f"{me}.load_state_dict: missing {missing}")
         for name in self.state_fields:
             current = getattr(self, name)
             value = state[name]
             if isinstance(current, torch.Tensor) and isinstance(value, torch.Tensor):
+                if current.numel() and value.shape != current.shape:
+                    raise ValueError(
+                        f"{me}.load_state_dict: {name} has shape {tuple(value.shape)}, this one "
+                        f"{tuple(current.shape)} (a state for another num_samples or setting?)"
+                    )
                 value = value.to(device=current.device, dtype=current.dtype)
             setattr(self, name, _clone(value))
         if self.generator is not None and "generator" in state:

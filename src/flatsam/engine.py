@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import math
+import numbers
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
@@ -186,6 +187,20 @@ def _sizes(value: Any, count: int, name: str) -> list[Any]:
     return [value] * count
 
 
+def _checked_index(index: Any, batch_size: Any) -> torch.Tensor:
+    """``index`` as a 1-d integer tensor (one dataset index per batch row; it gives the batch size), of
+    length ``batch_size`` when that is given too."""
+    index = torch.as_tensor(index)
+    if index.dtype.is_floating_point or index.dtype.is_complex or index.dtype == torch.bool:
+        raise TypeError(f"index must hold integers (dataset indices), got dtype {index.dtype}")
+    if index.dim() != 1:
+        shape = tuple(index.shape)
+        raise ValueError(f"index must be 1-d (one dataset index per batch row), got shape {shape}")
+    if batch_size is not None and not isinstance(batch_size, bool) and batch_size != len(index):
+        raise ValueError(f"index has {len(index)} entries but batch_size is {batch_size}; give one per row")
+    return index
+
+
 @dataclass
 class _Micro:
     """One micro-batch of a step (a plain step is one micro-batch whose context is the step's)."""
@@ -285,10 +300,11 @@ class SharpnessAware(torch.optim.Optimizer):
         check_finite: bool = True,
         **base_kwargs: Any,
     ) -> None:
-        if rho < 0:
-            raise ValueError(f"rho must be >= 0, got {rho}")
-        if max_grad_norm is not None and max_grad_norm <= 0:
-            raise ValueError(f"max_grad_norm must be > 0 or None, got {max_grad_norm}")
+        finite_rho = isinstance(rho, numbers.Real) and not isinstance(rho, bool) and math.isfinite(rho)
+        if not (finite_rho and rho >= 0):
+            raise ValueError(f"rho must be >= 0 and finite, got {rho!r}")
+        if max_grad_norm is not None and not (math.isfinite(max_grad_norm) and max_grad_norm > 0):
+            raise ValueError(f"max_grad_norm must be > 0 and finite, or None, got {max_grad_norm}")
         self._shared = _Shared()
         if isinstance(base_optimizer, torch.optim.Optimizer):
             if base_kwargs:
@@ -596,7 +612,7 @@ class SharpnessAware(torch.optim.Optimizer):
         """The step's context and its micro-batches (one with the step's own context when k = 1)."""
         indices = _sizes(index, len(closures), "index")
         sizes = _sizes(batch_size, len(closures), "batch_size")
-        indices = [None if i is None else torch.as_tensor(i) for i in indices]
+        indices = [None if i is None else _checked_index(i, b) for i, b in zip(indices, sizes, strict=True)]
         sizes = [len(i) if i is not None else b for i, b in zip(indices, sizes, strict=True)]
         for b in sizes:
             if b is not None and (isinstance(b, bool) or not isinstance(b, int) or b < 1):

@@ -46,6 +46,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from flatsam.safe_load import load_tensors
+
 BITS = (2, 3, 4, 8)
 EDGE_BITS = 8  # the first and last layer's bits
 
@@ -207,10 +209,13 @@ def load_full_precision(model: nn.Module, path: str | Path) -> None:
         path = path / "checkpoint.pt"
     if not path.is_file():
         raise FileNotFoundError(f"quantize_init: no checkpoint at {path}")
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    state = load_tensors(path, "quantize_init checkpoint")
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
         state = state["model"]
+    if not isinstance(state, dict):
+        raise ValueError(f"quantize_init: {path} is not a state dict (a {type(state).__name__})")
     try:
         model.load_state_dict(state)
     except RuntimeError as error:
-        raise ValueError(f"quantize_init: {path} does not fit the model: {error}") from None
+        detail = " ".join(str(error).split())
+        raise ValueError(f"quantize_init: {path} does not fit the model: {detail}") from None

@@ -179,16 +179,15 @@ class AEThreshold(Schedule):
         c_t  = (t/T) λ1 + (1 − t/T) λ2                  (t = 1 … T, held at λ1 after T)
         SAM step  ⇔  ‖g_t‖² ≥ μ_t + c_t σ_t
 
-    The rule and δ = 0.9, λ1 = −1, λ2 = 1 are those of the paper as transcribed by the formula sheet
-    junaidaliop/zij ``canon/math/aesam.md``, unverified against the paper (its full text and code were
-    not retrievable). With a Gaussian ‖g‖² the SAM fraction sweeps from
+    The rule and δ = 0.9, λ1 = −1, λ2 = 1 are the paper's as summarised, unverified against the paper
+    (its full text and code were not retrievable). With a Gaussian ‖g‖² the SAM fraction sweeps from
     Φ(−1) ≈ 16 % to Φ(1) ≈ 84 %, 50 % on average. Choices the sources leave open, with the alternative:
 
     - ``init="zero"`` (default): μ_0 = σ²_0 = 0, the recursion as written from t = 1 (read literally),
       so the first steps are SAM steps while the average warms up; ``init="first"``: μ_1 = ‖g_1‖², σ²_1 = 0.
-    - ``variance_mean="current"`` (default, as the formula sheet writes it): the deviation is taken from
+    - ``variance_mean="current"`` (default, the recursion as written): the deviation is taken from
       μ_t; ``"previous"``: from μ_{t−1} (Welford-like).
-    - c_t per iteration over ``total_steps`` T (the formula sheet's "T the total number of iterations");
+    - c_t per iteration over ``total_steps`` T (T the total number of iterations; unverified);
       giving ``total_epochs`` instead makes c_t per epoch, with t/T = (epoch + 1)/total_epochs.
 
     The statistics stay float64 tensors on the gradient's device; the decision is the only host sync.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 import warnings
 from dataclasses import dataclass
 from typing import ClassVar, Literal
@@ -92,9 +93,10 @@ def kept_rows(keep: float, batch_size: int) -> int:
 
 
 def check_num_samples(num_samples: int) -> int:
-    if not isinstance(num_samples, int) or num_samples < 1:
-        raise ValueError(f"num_samples (the training-set size) must be an integer >= 1, got {num_samples}")
-    return num_samples
+    """``num_samples`` as a Python int (numpy integers accepted), else a ``ValueError``."""
+    if isinstance(num_samples, bool) or not isinstance(num_samples, numbers.Integral) or num_samples < 1:
+        raise ValueError(f"num_samples (the training-set size) must be an integer >= 1, got {num_samples!r}")
+    return int(num_samples)
 
 
 def checked_index(index: torch.Tensor, num_samples: int, device: torch.device) -> torch.Tensor:
@@ -186,7 +188,7 @@ class ADLPSampler(Selection):
         seed: int | None = None,
         device: torch.device | str = "cpu",
     ) -> None:
-        check_num_samples(num_samples)
+        num_samples = check_num_samples(num_samples)
         self.keep = check_fraction("keep", keep)
         if not (0.0 < s_min <= s_max):
             raise ValueError(
@@ -569,7 +571,7 @@ class InfoBatchPruning(Selection):
         seed: int | None = None,
         device: torch.device | str = "cpu",
     ) -> None:
-        check_num_samples(num_samples)
+        num_samples = check_num_samples(num_samples)
         if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
             raise ValueError(
                 f"epochs (the number of training epochs) must be an integer >= 1, got {epochs!r}"

@@ -20,6 +20,7 @@ import hashlib
 import os
 import tempfile
 import warnings
+import zipfile
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -205,8 +206,8 @@ def _load_cache(path: Path, count: int) -> np.ndarray | None:
     try:
         with np.load(path) as archive:
             pixels = archive["pixels"]
-    except (OSError, ValueError, KeyError, EOFError) as e:
-        warnings.warn(f"ignoring unreadable cache {path}: {e}", stacklevel=3)
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+        warnings.warn(f"ignoring unreadable cache {path} (it is rebuilt): {e}", stacklevel=3)
         return None
     if pixels.shape != (count, SIZE, SIZE, 3) or pixels.dtype != np.uint8:
         warnings.warn(f"ignoring cache {path}: unexpected shape {pixels.shape}", stacklevel=3)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
 import inspect
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -98,6 +100,66 @@ def build_method(
     missing = [key for key in info.needs if facts[key] is None]
     if missing:
         raise ValueError(f"method {name!r} needs {missing}")
+    check_overrides(info, overrides or {}, base_optimizer)
     accepted = inspect.signature(info.build).parameters
     kwargs = {key: value for key, value in facts.items() if key in accepted and value is not None}
     return info.build(params, base_optimizer, model=model, **kwargs, **(overrides or {}), **base_kwargs)
+
+
+#: Constructor parameters that are not method options: the run facts and the plumbing.
+_NOT_OPTIONS = {"self", "params", "base_optimizer", "model", "num_samples", "total_steps", "epochs"}
+
+
+def method_options(info: MethodInfo) -> dict[str, inspect.Parameter]:
+    """The keyword options of ``info``'s method: its builder's and the engine's (``rho``, ...)."""
+    options: dict[str, inspect.Parameter] = {}
+    for target in (SharpnessAware.__init__, info.build):
+        for name, parameter in inspect.signature(target).parameters.items():
+            if name not in _NOT_OPTIONS and parameter.kind in (
+                parameter.KEYWORD_ONLY,
+                parameter.POSITIONAL_OR_KEYWORD,
+            ):
+                options[name] = parameter
+    for component in ("schedule", "selection", "perturbation", "reuse"):
+        if info.name != "custom":
+            options.pop(component, None)  # components are chosen by the preset
+    return options
+
+
+def check_overrides(info: MethodInfo, overrides: dict[str, Any], base_optimizer: BaseOptimizer) -> None:
+    """Each override names an option of the method (else the nearest names are suggested), is finite
+    where it is a number, and has the type of the option's default."""
+    valid = method_options(info)
+    base = base_optimizer if isinstance(base_optimizer, type) else type(base_optimizer)
+    base_keys = set(inspect.signature(base.__init__).parameters) - {"self", "params"}
+    for key, value in overrides.items():
+        if info.name == "custom" and "." in key:
+            _check_value(f"option {key}", value, None)  # the component checks the name
+            continue
+        if key not in valid:
+            if key in base_keys:
+                raise ValueError(
+                    f"option {key!r} is a setting of the base optimizer {base.__name__}, not of method "
+                    f"{info.name!r}; in flatsam train use --{key.replace('_', '-')}"
+                )
+            near = difflib.get_close_matches(key, valid, n=2)
+            hint = f"did you mean {' or '.join(map(repr, near))}? " if near else ""
+            raise ValueError(f"method {info.name!r} has no option {key!r}; {hint}valid: {', '.join(valid)}")
+        default = valid[key].default
+        _check_value(f"option {key}", value, None if default is inspect.Parameter.empty else default)
+
+
+def _check_value(name: str, value: Any, default: Any) -> None:
+    """``value`` finite if a number, and of the kind of ``default`` (bool, number or string) if given."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value}")
+    if isinstance(default, bool):
+        ok, kind = isinstance(value, bool), "true or false"
+    elif isinstance(default, int | float):
+        ok, kind = isinstance(value, int | float) and not isinstance(value, bool), "a number"
+    elif isinstance(default, str):
+        ok, kind = isinstance(value, str), "a string"
+    else:
+        ok, kind = True, ""
+    if not ok:
+        raise ValueError(f"{name} must be {kind} (default {default!r}), got {value!r}")

@@ -204,11 +204,11 @@ _LOOKSAM = "Liu et al., CVPR 2022"
 _AESAM = "Jiang et al., ICLR 2023"
 _AE_DEFAULTS = {
     "rho": Default(0.05, "unverified: the SAM baseline recipe the paper follows (ESAM protocol, ResNet-18)"),
-    "delta": Default(0.9, f"{_AESAM}, unverified (formula sheet junaidaliop/zij canon/math/aesam.md)"),
+    "delta": Default(0.9, f"{_AESAM}, unverified"),
     "lambda1": Default(-1.0, f"{_AESAM}, unverified"),
     "lambda2": Default(1.0, f"{_AESAM}, unverified"),
     "init": Default("zero", "unverified, the sources are silent: μ_0 = σ_0² = 0, the recursion as written"),
-    "variance_mean": Default("current", "unverified: σ² around μ_t, as the formula sheet writes it"),
+    "variance_mean": Default("current", "unverified: σ² around μ_t, the recursion as written"),
 }
 _VSAM = "authors' vSAM code, github.com/ajiaaa/vSAM train_vsam.py"
 

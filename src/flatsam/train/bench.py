@@ -11,8 +11,9 @@ from tqdm.auto import tqdm
 from flatsam.methods import method_info
 from flatsam.train import records
 from flatsam.train.config import MethodSpec, TrainConfig
-from flatsam.train.loop import Run, load_data
+from flatsam.train.loop import Run, check_method, load_data
 from flatsam.train.report import find_runs, write_report
+from flatsam.train.rundir import RUN_FILES, RunFolderError
 from flatsam.train.tasks import TASK_DEFAULTS
 
 #: The CPU label-noise benchmark: Fashion-MNIST, a seeded 2,000-image
@@ -93,6 +94,7 @@ ABLATION_METHODS = (
     f"ausam-recipe=ausam:{AUTHORS_RECIPE}",
     "sam-lr0.05=sam:train.lr=0.05",
     "ausam-lr0.05=ausam:train.lr=0.05",
+    "ausam-lr0.05-rho0.05=ausam:rho=0.05,train.lr=0.05",  # is the lr-0.05 instability the ascent's size?
 )
 
 
@@ -223,6 +225,10 @@ def _folder_name(label: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.=-]+", "_", label)
 
 
+def _taken(run_dir: Path) -> bool:
+    return any((run_dir / name).exists() for name in RUN_FILES)
+
+
 def run_bench(
     config: TrainConfig,
     methods: list[MethodSpec],
@@ -231,36 +237,51 @@ def run_bench(
     *,
     rho: float | None = 0.1,
     resume: bool = False,
+    overwrite: bool = False,
     progress: bool = True,
     command: str | None = None,
 ) -> dict[str, Path]:
     """Train every method for every seed (seeds outermost, so methods interleave in time), skipping runs
-    already finished when ``resume``; then write the report into ``out``."""
-    for spec in methods:
-        method_info(spec.name)  # fail on a bad name or setting before any training
-        split_overrides(spec, config)
+    already finished when ``resume``; then write the report into ``out``. Every spec is checked (names,
+    options, run settings) and the run folders are checked free (unless ``resume`` or ``overwrite``)
+    before the first run trains."""
+    if resume and overwrite:
+        raise ValueError("--resume and --overwrite exclude each other")
     labels = [spec.label for spec in methods]
     if len(set(labels)) != len(labels):
         raise ValueError(f"method labels must be distinct, got {labels}; name variants as label=method:opts")
+    jobs = []
+    for seed in seeds:
+        for spec in methods:
+            method_spec, run_config = split_overrides(with_common_rho(spec, rho), config)
+            cfg = run_config.replace(
+                method=method_spec.name,
+                method_options=dict(method_spec.options),
+                label=method_spec.label,
+                seed=seed,
+                run_dir=str(out / "runs" / f"{_folder_name(method_spec.label)}-s{seed}"),
+            )
+            jobs.append(cfg)
+    for cfg in jobs[: len(methods)]:  # the seeds do not change what is checked
+        check_method(cfg)
+    taken = [cfg.run_dir for cfg in jobs if _taken(Path(cfg.run_dir))]
+    if taken and not (resume or overwrite):
+        raise RunFolderError(
+            f"{out} already holds {len(taken)} run(s) of this benchmark (e.g. {taken[0]}); continue them "
+            "with --resume or redo them with --overwrite"
+        )
     data = load_data(config)
-    jobs = [(seed, with_common_rho(spec, rho)) for seed in seeds for spec in methods]
     bar = tqdm(jobs, desc="bench", unit="run", disable=not progress)
-    for seed, spec in bar:
-        run_dir = out / "runs" / f"{_folder_name(spec.label)}-s{seed}"
+    for cfg in bar:
+        run_dir = Path(cfg.run_dir)
         bar.set_postfix(run=run_dir.name)
         if resume and (run_dir / records.RESULT).exists():
             continue
-        spec, run_config = split_overrides(spec, config)
-        cfg = run_config.replace(
-            method=spec.name,
-            method_options=dict(spec.options),
-            label=spec.label,
-            seed=seed,
-            run_dir=str(run_dir),
-        )
+        cont = resume and (run_dir / records.CHECKPOINT).exists()
         Run(
             cfg,
-            resume=resume and (run_dir / records.CHECKPOINT).exists(),
+            resume=cont,
+            overwrite=not cont and (overwrite or resume),
             progress=progress,
             data=data,
             keep_checkpoint=False,

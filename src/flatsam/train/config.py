@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
+
+import torch
 
 from flatsam.losses import SMOOTHING_FORMS
 
@@ -17,9 +20,11 @@ def parse_value(text: str) -> Any:
         return lowered == "true"
     if lowered in ("none", "null"):
         return None
+    if lowered.lstrip("+-") in ("nan", "inf", "infinity"):
+        return float(lowered)  # a number, so that the finiteness check names it
     try:
         return ast.literal_eval(text.strip())
-    except (ValueError, SyntaxError):
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
         return text.strip()
 
 
@@ -54,6 +59,34 @@ class MethodSpec:
 
     def display(self) -> str:
         return self.label or self.name
+
+
+_KINDS: dict[str, tuple[type, ...]] = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,)}
+
+
+def check_type(name: str, value: Any, annotation: str) -> None:
+    """``value`` of the field's type (``int``, ``float``, ``bool``, ``str``, optionally ``| None``), and
+    finite where it is a number; else a ``ValueError`` naming the field."""
+    kind, _, optional = annotation.partition(" | ")
+    if value is None and optional == "None":
+        return
+    allowed = _KINDS.get(kind)
+    if allowed is None:
+        return
+    if not isinstance(value, allowed) or (isinstance(value, bool) and kind != "bool"):
+        raise ValueError(f"{name} must be {'an' if kind == 'int' else 'a'} {kind}, got {value!r}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value}")
+
+
+def valid_device(name: str) -> bool:
+    """``name`` is ``auto`` or a device string torch parses (whether it is present is checked later)."""
+    if name == "auto":
+        return True
+    try:
+        return torch.device(name).type in ("cpu", "cuda")
+    except (RuntimeError, TypeError):
+        return False
 
 
 @dataclass
@@ -118,9 +151,13 @@ class TrainConfig:
             ("pose_size", self.pose_size >= 16, ">= 16"),
             ("simcc_split", self.simcc_split > 0, "> 0"),
             ("simcc_sigma", self.simcc_sigma is None or self.simcc_sigma > 0, "> 0"),
+            ("threads", self.threads is None or self.threads >= 1, ">= 1 (or unset: torch's default)"),
+            ("device", valid_device(self.device), "cpu, cuda, cuda:N or auto"),
             ("amp", self.amp in (None, "bf16", "fp16"), "'bf16', 'fp16' or unset"),
             ("accumulate", self.accumulate >= 1, ">= 1"),
         ]
+        for f in dataclasses.fields(self):
+            check_type(f.name, getattr(self, f.name), str(f.type))
         for name, ok, valid in checks:
             if not ok:
                 raise ValueError(f"{name} must be {valid}, got {getattr(self, name)!r}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,8 @@ from flatsam.engine import SharpnessAware, StepInfo
 from flatsam.methods import build_method
 from flatsam.train import launch, loggers, records
 from flatsam.train.config import TrainConfig
+from flatsam.train.interrupts import DeferredInterrupt
+from flatsam.train.rundir import claim
 from flatsam.train.tasks import Task, build_model_for, classification_metrics, get_task
 
 
@@ -123,6 +126,34 @@ def load_data(config: TrainConfig) -> ImageData:
     return get_task(config).load()
 
 
+def base_optimizer(config: TrainConfig) -> tuple[type[torch.optim.Optimizer], dict[str, Any]]:
+    """The base optimizer class of ``config`` and its keywords."""
+    if config.optimizer == "sgd":
+        kwargs = dict(
+            lr=config.lr, momentum=config.momentum, nesterov=config.nesterov, weight_decay=config.weight_decay
+        )
+        return torch.optim.SGD, kwargs
+    return torch.optim.Adam, dict(lr=config.lr, weight_decay=config.weight_decay)
+
+
+def check_method(config: TrainConfig) -> None:
+    """Build ``config``'s method on a stand-in model: a bad option name or value fails here, before any
+    data is loaded or any run of a benchmark trains."""
+    model = nn.Linear(2, 2)
+    base, base_kwargs = base_optimizer(config)
+    build_method(
+        config.method,
+        model.parameters(),
+        base,
+        model=model,
+        num_samples=config.subset or 1000,
+        total_steps=config.epochs * 10,
+        epochs=config.epochs,
+        overrides=config.method_options,
+        **base_kwargs,
+    )
+
+
 def build(config: TrainConfig, data: ImageData | None = None) -> Setup:
     """Data, model, optimizer (the method with its base optimizer) and LR schedule of a run."""
     device = launch.device_for_rank(resolve_device(config.device))
@@ -140,18 +171,7 @@ def build(config: TrainConfig, data: ImageData | None = None) -> Setup:
     def tensors(x: torch.Tensor) -> torch.Tensor:
         return normalize(x, data.mean, data.std).to(device).contiguous(memory_format=memory)
 
-    if config.optimizer == "sgd":
-        base, base_kwargs = (
-            torch.optim.SGD,
-            dict(
-                lr=config.lr,
-                momentum=config.momentum,
-                nesterov=config.nesterov,
-                weight_decay=config.weight_decay,
-            ),
-        )
-    else:
-        base, base_kwargs = torch.optim.Adam, dict(lr=config.lr, weight_decay=config.weight_decay)
+    base, base_kwargs = base_optimizer(config)
     steps_per_epoch = math.ceil(data.num_train / config.batch_size)
     total = steps_per_epoch * config.epochs
     optimizer = build_method(
@@ -196,13 +216,29 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
         model.train()
 
 
+#: Settings a resumed run may change: where it runs and with how many threads (neither changes a number).
+RESUME_MAY_CHANGE = ("run_dir", "threads", "log")
+
+
 class Interrupted(Exception):
-    """Raised after a Ctrl-C (or a test's simulated one) once the checkpoint is safely written."""
+    """Raised when a run stops on Ctrl-C or SIGTERM (or a test's simulated one); ``signum`` names the
+    signal, ``saved`` says whether a checkpoint of the stopping point was written."""
+
+    def __init__(self, message: str, signum: int = signal.SIGINT, saved: bool = True) -> None:
+        super().__init__(message)
+        self.signum, self.saved = signum, saved
+
+
+class _Stop(Exception):
+    """Internal: a requested stop, raised between steps where the state is consistent."""
 
 
 class Run:
     """One training run writing ``config.json``, ``metrics.jsonl``, ``result.json`` and ``checkpoint.pt``
     to ``config.run_dir``; ``resume=True`` continues from the checkpoint to the same final weights.
+
+    The folder is locked while the run lives (see ``flatsam.train.rundir``); a folder holding a run is
+    refused unless ``resume`` (continue it) or ``overwrite`` (delete its files first).
     ``keep_checkpoint=False`` deletes the checkpoint once the run has finished (benchmarks)."""
 
     def __init__(
@@ -210,43 +246,54 @@ class Run:
         config: TrainConfig,
         *,
         resume: bool = False,
+        overwrite: bool = False,
         progress: bool = True,
         data: ImageData | None = None,
         keep_checkpoint: bool = True,
     ) -> None:
         self.config, self.progress, self.keep_checkpoint = config, progress, keep_checkpoint
         self.dir = Path(config.run_dir)
-        self.setup = build(config, data)
-        self.totals = Totals()
-        self.epoch = self.batch = 0
-        self.epoch_totals = Totals()
-        self.metrics: list[dict[str, Any]] = []
-        self._orders: tuple[int, torch.Tensor | None] = (-1, None)
-        self.scaler = launch.grad_scaler(config.amp, self.setup.device)
-        self.main = launch.is_main()  # rank 0 writes the files and draws the progress bar
-        checkpoint = self.dir / records.CHECKPOINT
-        if resume and checkpoint.exists():
-            self._load(records.load_checkpoint(checkpoint))
-        elif resume:
-            raise FileNotFoundError(f"--resume: no checkpoint at {checkpoint}")
-        elif self.main:
-            environment = {**records.environment(self.setup.device), "processes": launch.world_size()}
-            records.write_json(
-                self.dir / records.CONFIG, {"config": config.to_dict(), "environment": environment}
-            )
-            records.write_jsonl(self.dir / records.METRICS, [])
-        names = loggers.parse(config.log)
-        self.loggers = (
-            loggers.open_loggers(names, self.dir, config.to_dict(), config.label or config.method)
-            if self.main
-            else []
-        )
+        self.main = launch.is_main()  # rank 0 claims the folder, writes the files and draws the progress bar
+        self._lock = claim(self.dir, resume=resume, overwrite=overwrite) if self.main else None
+        self.loggers: list[loggers.Logger] = []
+        try:
+            checkpoint = self.dir / records.CHECKPOINT
+            state = records.load_checkpoint(checkpoint) if resume else None
+            self.setup = build(config, data)
+            self.totals = Totals()
+            self.epoch = self.batch = 0
+            self.epoch_totals = Totals()
+            self.metrics: list[dict[str, Any]] = []
+            self._orders: tuple[int, torch.Tensor | None] = (-1, None)
+            self.scaler = launch.grad_scaler(config.amp, self.setup.device)
+            if state is not None:
+                self._load(state, checkpoint)
+            elif self.main:
+                environment = {**records.environment(self.setup.device), "processes": launch.world_size()}
+                records.write_json(
+                    self.dir / records.CONFIG, {"config": config.to_dict(), "environment": environment}
+                )
+                records.write_jsonl(self.dir / records.METRICS, [])
+            if self.main:
+                names, label = loggers.parse(config.log), config.label or config.method
+                self.loggers = loggers.open_loggers(names, self.dir, config.to_dict(), label)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Close the loggers and release the run folder (done by ``run`` when it returns or raises)."""
+        for logger in self.loggers:
+            logger.close()
+        self.loggers = []
+        if self._lock is not None:
+            self._lock.release()
 
     # -- checkpoints ----------------------------------------------------------------------------------
     def _state(self) -> dict[str, Any]:
         s = self.setup
         return {
-            "config": self.config.to_dict(),
+            "config": records.plain_config(self.config.to_dict()),
             "epoch": self.epoch,
             "batch": self.batch,
             "model": launch.unwrap(s.model).state_dict(),
@@ -261,10 +308,10 @@ class Run:
             "cuda_rng": torch.cuda.get_rng_state_all() if s.device.type == "cuda" else None,
         }
 
-    def _load(self, state: dict[str, Any]) -> None:
-        saved = {k: v for k, v in state["config"].items() if k not in ("run_dir", "threads", "epochs", "log")}
-        current = {k: v for k, v in self.config.to_dict().items() if k in saved}
-        changed = sorted(k for k in saved if saved[k] != current[k])
+    def _load(self, state: dict[str, Any], path: Path) -> None:
+        saved = {k: v for k, v in state["config"].items() if k not in RESUME_MAY_CHANGE}
+        current = records.plain_config(self.config.to_dict())
+        changed = sorted(k for k in saved if saved[k] != current.get(k))
         if changed:
             raise ValueError(f"cannot resume {self.dir}: the checkpoint was made with different {changed}")
         processes = state.get("processes", 1)
@@ -274,15 +321,19 @@ class Run:
                 f"{processes}"
             )
         s = self.setup
-        launch.unwrap(s.model).load_state_dict(state["model"])
-        if self.scaler is not None and state.get("scaler") is not None:
-            self.scaler.load_state_dict(state["scaler"])
-        s.optimizer.load_state_dict(state["optimizer"])
-        s.scheduler.load_state_dict(state["scheduler"])
-        self.epoch, self.batch = state["epoch"], state["batch"]
-        self.totals, self.epoch_totals = Totals(**state["totals"]), Totals(**state["epoch_totals"])
+        try:
+            launch.unwrap(s.model).load_state_dict(state["model"])
+            s.optimizer.load_state_dict(state["optimizer"])
+            s.scheduler.load_state_dict(state["scheduler"])
+            if self.scaler is not None and state.get("scaler") is not None:
+                self.scaler.load_state_dict(state["scaler"])
+            self.totals, self.epoch_totals = Totals(**state["totals"]), Totals(**state["epoch_totals"])
+        except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as error:
+            detail = " ".join(str(error).split())[:300]
+            raise records.CheckpointError(f"checkpoint {path} does not fit this run: {detail}") from None
         if not self.main:  # rank 0's part of an interrupted epoch is counted once, by rank 0
             self.epoch_totals = Totals()
+        self.epoch, self.batch = state["epoch"], state["batch"]
         self.metrics = state["metrics"]
         torch.set_rng_state(state["torch_rng"])
         if state["cuda_rng"] is not None:
@@ -407,7 +458,13 @@ class Run:
         return row
 
     def run(self, interrupt_at: tuple[int, int] | None = None) -> dict[str, Any]:
-        """Train to the end (or until ``interrupt_at = (epoch, batch)``, a simulated Ctrl-C for tests)."""
+        """Train to the end, or stop on Ctrl-C/SIGTERM (or at ``interrupt_at = (epoch, batch)``, a simulated
+        one for tests) with ``Interrupted``.
+
+        A signal is deferred (``flatsam.train.interrupts``): the step in flight, the end-of-epoch
+        evaluation and any checkpoint write complete, then a checkpoint of the next step boundary is written
+        and the run stops, so ``--resume`` continues bit for bit (weights, buffers, counters, cost). A
+        second signal stops at once, keeping the last checkpoint on disk."""
         s, cfg = self.setup, self.config
         bar = tqdm(
             total=cfg.epochs * s.steps_per_epoch,
@@ -417,39 +474,59 @@ class Run:
             unit="step",
             leave=False,
         )
+        stop = DeferredInterrupt()
+        checkpoint = self.dir / records.CHECKPOINT
         try:
-            while self.epoch < cfg.epochs:
-                s.optimizer.set_epoch(self.epoch)
-                start = time.perf_counter()
+            with stop:
                 try:
-                    while self.batch < self._batches(self.epoch):
-                        if interrupt_at == (self.epoch, self.batch):
-                            raise KeyboardInterrupt
-                        info = self._step(self.epoch, self.batch)
-                        self.batch += 1
-                        bar.update(1)
-                        if self.progress and self.batch % 10 == 0:
-                            self._show(bar, info, time.perf_counter() - start)
-                finally:
-                    self._sync()
-                    self.epoch_totals.train_time += time.perf_counter() - start
-                self._finish_epoch(self.epoch)
-                self.epoch, self.batch, self.epoch_totals = self.epoch + 1, 0, Totals()
-                self._save()
+                    self._train(bar, stop, interrupt_at)
+                except _Stop:
+                    self._save()
+                    raise Interrupted(
+                        f"interrupted at epoch {self.epoch}, step {self.batch}; checkpoint saved to "
+                        f"{checkpoint}; continue with --resume",
+                        stop.received or signal.SIGINT,
+                    ) from None
+                result = self._result()
         except KeyboardInterrupt:
-            self._save()
+            if checkpoint.exists():
+                kept = f"the last checkpoint ({checkpoint}) is kept; continue with --resume"
+            else:
+                kept = "no checkpoint yet; start again with --overwrite"
             raise Interrupted(
-                f"interrupted at epoch {self.epoch}, step {self.batch}; checkpoint saved to "
-                f"{self.dir / records.CHECKPOINT}; continue with --resume"
+                f"stopped at once; {kept}",
+                stop.received or signal.SIGINT,
+                saved=False,
             ) from None
         finally:
             bar.close()
-            for logger in self.loggers:
-                logger.close()
-        result = self._result()
+            self.close()
         if not self.keep_checkpoint and self.main:
             (self.dir / records.CHECKPOINT).unlink(missing_ok=True)
         return result
+
+    def _train(self, bar: tqdm, stop: DeferredInterrupt, interrupt_at: tuple[int, int] | None) -> None:
+        s, cfg = self.setup, self.config
+        while self.epoch < cfg.epochs:
+            s.optimizer.set_epoch(self.epoch)
+            start = time.perf_counter()
+            try:
+                while self.batch < self._batches(self.epoch):
+                    if interrupt_at == (self.epoch, self.batch):
+                        stop.request()
+                    if stop.received is not None:
+                        raise _Stop
+                    info = self._step(self.epoch, self.batch)
+                    self.batch += 1
+                    bar.update(1)
+                    if self.progress and self.batch % 10 == 0:
+                        self._show(bar, info, time.perf_counter() - start)
+            finally:
+                self._sync()
+                self.epoch_totals.train_time += time.perf_counter() - start
+            self._finish_epoch(self.epoch)
+            self.epoch, self.batch, self.epoch_totals = self.epoch + 1, 0, Totals()
+            self._save()
 
     def _show(self, bar: tqdm, info: StepInfo, elapsed: float) -> None:
         """Loss, running train accuracy, throughput and the last test accuracy on the progress bar."""
@@ -501,7 +578,12 @@ class Run:
 
 
 def train(
-    config: TrainConfig, *, resume: bool = False, progress: bool = True, data: ImageData | None = None
+    config: TrainConfig,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+    data: ImageData | None = None,
 ) -> dict[str, Any]:
     """Run ``config`` to the end and return the contents of ``result.json``."""
-    return Run(config, resume=resume, progress=progress, data=data).run()
+    return Run(config, resume=resume, overwrite=overwrite, progress=progress, data=data).run()

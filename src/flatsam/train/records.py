@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import platform
@@ -13,21 +14,39 @@ from typing import Any
 import numpy as np
 import torch
 
+from flatsam.safe_load import CheckpointError, digest, load_tensors
+
 CONFIG, METRICS, RESULT, CHECKPOINT = "config.json", "metrics.jsonl", "result.json", "checkpoint.pt"
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: Path, write) -> None:
-    """Write through a temporary file in the same folder, then rename: a crash never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    """Write through a temporary file in the same folder, then rename: a crash, a full disk or a Ctrl-C
+    never leaves half a file, and the previous file stays whole. The file gets the usual mode (0666 less
+    the umask; the temporary file's is 0600). A failing write is an ``OSError`` naming ``path``."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    except OSError as error:
+        raise OSError(error.errno, error.strerror, str(path)) from None
     try:
         with os.fdopen(fd, "wb") as handle:
+            os.fchmod(handle.fileno(), 0o666 & ~_umask())
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as error:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(error, OSError) and error.errno is not None:
+            raise OSError(error.errno, error.strerror, str(path)) from None
+        if isinstance(error, RuntimeError) and "unexpected pos" in str(error):  # torch.save, short write
+            raise OSError(errno.EIO, "short write (is the disk full?)", str(path)) from None
         raise
 
 
@@ -36,7 +55,13 @@ def write_json(path: Path, value: Any) -> None:
 
 
 def read_json(path: Path) -> Any:
-    return json.loads(Path(path).read_text())
+    """The JSON value in ``path``; a file that is not JSON is a ``ValueError`` naming it."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path} is not valid JSON ({error})") from None
+    except RecursionError:
+        raise ValueError(f"{path} is not usable JSON (nested too deeply)") from None
 
 
 def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> None:
@@ -49,16 +74,60 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     path = Path(path)
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{path}, line {number}, is not valid JSON ({error})") from None
+    return rows
+
+
+#: The entries of a training checkpoint and their types: only what ``torch.load(weights_only=True)`` admits.
+CHECKPOINT_SCHEMA: dict[str, type | tuple[type, ...]] = {
+    "config": dict,
+    "epoch": int,
+    "batch": int,
+    "model": dict,
+    "optimizer": dict,
+    "scheduler": dict,
+    "totals": dict,
+    "epoch_totals": dict,
+    "metrics": list,
+    "torch_rng": torch.Tensor,
+    "cuda_rng": (list, type(None)),
+}
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    atomic_write(path, lambda f: torch.save(state, f))
+    """Write ``state`` (plain types only) with a digest of its contents, atomically."""
+    atomic_write(path, lambda f: torch.save({**state, "digest": digest(state)}, f))
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
-    # our own file: it holds generator states and numpy scalars, so the full unpickler is needed
-    return torch.load(path, map_location="cpu", weights_only=False)
+    """A training checkpoint, read without running code and checked against ``CHECKPOINT_SCHEMA`` and its
+    digest; anything else is a one-line ``CheckpointError`` naming the file."""
+    state = load_tensors(path, "checkpoint")
+    if not isinstance(state, dict):
+        raise CheckpointError(f"checkpoint {path} is not a flatsam checkpoint (a {type(state).__name__})")
+    missing = sorted(set(CHECKPOINT_SCHEMA) - set(state))
+    if missing:
+        raise CheckpointError(f"checkpoint {path} is not a flatsam checkpoint (missing {missing})")
+    for key, kind in CHECKPOINT_SCHEMA.items():
+        if not isinstance(state[key], kind) or isinstance(state[key], bool):
+            raise CheckpointError(f"checkpoint {path}: {key!r} has type {type(state[key]).__name__}")
+    if not all(isinstance(v, torch.Tensor) for v in state["model"].values()):
+        raise CheckpointError(f"checkpoint {path}: 'model' holds entries that are not tensors")
+    saved = state.pop("digest", None)  # absent in checkpoints written before digests: not checked
+    if saved is not None and saved != digest(state):
+        raise CheckpointError(f"checkpoint {path} has been altered or damaged (its digest does not match)")
+    return state
+
+
+def plain_config(config: dict[str, Any]) -> dict[str, Any]:
+    """``config`` as ``config.json`` stores it (tuples become lists): how configurations are compared."""
+    return json.loads(json.dumps(config, sort_keys=True))
 
 
 def cpu_name() -> str:

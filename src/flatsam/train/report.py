@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import statistics
+import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,29 +30,93 @@ class RunRecord:
         return self.result.get("label") or self.result["method"]
 
 
+#: What ``result.json`` must hold for a report, and of what type (numbers must also be finite).
+RESULT_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "method": str,
+    "seed": int,
+    "final_test_acc": (int, float),
+    "best_test_acc": (int, float),
+    "train_time": (int, float),
+    "cost": (int, float),
+    "ascent_fraction": (int, float),
+}
+#: What every row of ``metrics.jsonl`` must hold (``test_acc`` may be null between evaluations).
+METRIC_FIELDS = ("epoch", "train_time", "forward_samples", "backward_samples", "test_acc")
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def load_run(folder: Path) -> RunRecord:
+    """One finished run folder, checked: a ``ValueError`` says what is wrong with which file."""
+    saved = records.read_json(folder / records.CONFIG) if (folder / records.CONFIG).exists() else {}
+    result = records.read_json(folder / records.RESULT)
+    metrics = records.read_jsonl(folder / records.METRICS)
+    if not isinstance(saved, dict) or not isinstance(saved.get("config", {}), dict):
+        raise ValueError(f"{folder / records.CONFIG}: not a run configuration")
+    if not isinstance(result, dict):
+        raise ValueError(f"{folder / records.RESULT}: not a JSON object")
+    for key, kind in RESULT_FIELDS.items():
+        value = result.get(key)
+        if not isinstance(value, kind) or isinstance(value, bool) or (kind is not str and not _number(value)):
+            raise ValueError(f"{folder / records.RESULT}: {key} is {value!r}")
+    if not isinstance(result.get("label", ""), str):
+        raise ValueError(f"{folder / records.RESULT}: label is not a string")
+    if not metrics or not all(isinstance(row, dict) for row in metrics):
+        raise ValueError(f"{folder / records.METRICS}: no per-epoch rows")
+    for row in metrics:
+        bad = [
+            k for k in METRIC_FIELDS if not (_number(row.get(k)) or (k == "test_acc" and row.get(k) is None))
+        ]
+        if bad:
+            raise ValueError(f"{folder / records.METRICS}: epoch row without valid {bad}")
+    if result["train_time"] <= 0:
+        raise ValueError(f"{folder / records.RESULT}: train_time is {result['train_time']!r}")
+    return RunRecord(folder, saved.get("config", {}), saved.get("environment", {}), result, metrics)
+
+
 def find_runs(paths: Iterable[str | Path]) -> list[RunRecord]:
-    """Every folder at or below ``paths`` that holds a ``result.json`` (in path order)."""
+    """Every folder at or below ``paths`` that holds a ``result.json`` (in path order). Unfinished runs
+    (a ``config.json`` without ``result.json``) and unreadable ones are skipped, each listed on stderr."""
     found: list[RunRecord] = []
+    skipped: list[str] = []
+    unfinished: list[str] = []
     for root in map(Path, paths):
         if not root.exists():
             raise FileNotFoundError(f"no such run folder: {root}")
-        for result in sorted(root.rglob(records.RESULT)) if root.is_dir() else []:
-            folder = result.parent
-            saved = records.read_json(folder / records.CONFIG) if (folder / records.CONFIG).exists() else {}
-            found.append(
-                RunRecord(
-                    folder,
-                    saved.get("config", {}),
-                    saved.get("environment", {}),
-                    records.read_json(result),
-                    records.read_jsonl(folder / records.METRICS),
-                )
-            )
+        if not root.is_dir():
+            continue
+        for result in sorted(root.rglob(records.RESULT)):
+            try:
+                found.append(load_run(result.parent))
+            except (ValueError, OSError, RecursionError, UnicodeDecodeError) as error:
+                text = " ".join(str(error).split())[:200]
+                skipped.append(text if str(result.parent) in text else f"{result}: {text}")
+        unfinished += [
+            str(c.parent)
+            for c in sorted(root.rglob(records.CONFIG))
+            if not (c.parent / records.RESULT).exists()
+        ]
+    if unfinished:
+        print(
+            f"flatsam: skipped {len(unfinished)} unfinished run(s): {', '.join(unfinished)}", file=sys.stderr
+        )
+    if skipped:
+        print(f"flatsam: skipped {len(skipped)} unreadable run(s): {'; '.join(skipped)}", file=sys.stderr)
     if not found:
         raise FileNotFoundError(
-            f"no finished runs (folders with {records.RESULT}) under {list(map(str, paths))}"
+            f"no finished runs (folders with a valid {records.RESULT}) under {list(map(str, paths))}"
         )
     return found
+
+
+def escape(text: Any) -> str:
+    """``text`` safe in a Markdown table cell: one line, ``|`` escaped, HTML special characters as
+    entities (a run label is whatever its author typed)."""
+    value = " ".join(str(text).split())
+    value = value.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return value.replace("|", "\\|").replace("`", "\\`")
 
 
 @dataclass
@@ -82,8 +148,8 @@ def group(runs: Sequence[RunRecord]) -> dict[str, list[RunRecord]]:
 
 
 def summarize(runs: Sequence[RunRecord]) -> list[Summary]:
-    """Mean ± std over seeds per label; speedups are ratios of mean training wall-clock to the runs
-    labelled ``sam`` and ``sgd`` of the same set (``None`` when that reference is absent)."""
+    """Mean ± std over seeds per label; speedups are ratios of mean training wall-clock to the reference
+    SAM and SGD runs of the same set (``analysis.reference_label``; ``None`` when absent)."""
     rows = []
     for label, members in group(runs).items():
         acc = [r.result["final_test_acc"] for r in members]
@@ -101,11 +167,13 @@ def summarize(runs: Sequence[RunRecord]) -> list[Summary]:
             )
         )
     times = {row.label: row.time_mean for row in rows}
+    groups = group(runs)
+    sam, sgd = analysis.reference_label(groups, "sam"), analysis.reference_label(groups, "sgd")
     for row in rows:
-        if "sam" in times:
-            row.speedup_vs_sam = times["sam"] / row.time_mean
-        if "sgd" in times:
-            row.speedup_vs_sgd = times["sgd"] / row.time_mean
+        if sam is not None:
+            row.speedup_vs_sam = times[sam] / row.time_mean
+        if sgd is not None:
+            row.speedup_vs_sgd = times[sgd] / row.time_mean
     return rows
 
 
@@ -130,7 +198,7 @@ def markdown_table(rows: Sequence[Summary]) -> str:
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     for r in rows:
         cells = [
-            r.label,
+            escape(r.label),
             str(r.seeds),
             f"{100 * r.acc_mean:.2f} ± {100 * r.acc_std:.2f}",
             f"{100 * r.best_mean:.2f}",
@@ -167,7 +235,7 @@ def budget_table(rows: Sequence[analysis.Budgeted]) -> str:
         else:
             reach = f"not reached ({r.reached}/{r.seeds} seeds)"
         cells = [
-            r.label,
+            escape(r.label),
             _percent(r.drift_max),
             "–" if r.budget_vs_sgd is None else f"{r.budget_vs_sgd:.2f}",
             _percent(r.acc_at_sgd_time),
@@ -192,7 +260,7 @@ def verdict_lines(ref: analysis.Verdict, rows: Sequence[analysis.Budgeted]) -> s
             f"{analysis.MARGIN_STDS:g} × the larger seed std, at least {100 * analysis.MARGIN_MIN:g})"
             f" — {state}"
         )
-    drifts = [f"{r.label} {_percent(r.drift_max)}" for r in rows]
+    drifts = [f"{escape(r.label)} {_percent(r.drift_max)}" for r in rows]
     if drifts:
         lines.append(
             f"- convergence drift (test-accuracy range over the last {100 * analysis.TAIL:g} % of epochs, "
@@ -324,9 +392,17 @@ def plot_accuracy_vs_cost(
     )
 
 
+def _shared(values: list[Any]) -> Any:
+    """The value all runs share, else the distinct values joined with ' / ' (in first-seen order)."""
+    distinct = list(dict.fromkeys(map(str, values)))
+    return values[0] if len(distinct) == 1 else " / ".join(distinct) + " (differs)"
+
+
 def describe_setup(runs: Sequence[RunRecord]) -> str:
-    """The shared configuration and machine of a set of runs, as Markdown."""
-    config, env = runs[0].config, runs[0].environment
+    """The configuration and machine of a set of runs, as Markdown (a setting that differs between runs
+    shows each value)."""
+    config = {k: _shared([run.config.get(k) for run in runs]) for k in runs[0].config}
+    env = {k: _shared([run.environment.get(k) for run in runs]) for k in runs[0].environment}
     keys = [
         "dataset",
         "subset",
@@ -347,9 +423,9 @@ def describe_setup(runs: Sequence[RunRecord]) -> str:
         "threads",
         "device",
     ]
-    setup = ", ".join(f"{k}={config[k]}" for k in keys if k in config)
+    setup = ", ".join(f"{k}={escape(config[k])}" for k in keys if k in config)
     machine = ", ".join(
-        f"{k}={env[k]}"
+        f"{k}={escape(env[k])}"
         for k in ("cpu", "cpu_count", "torch_threads", "device", "gpu", "torch", "python", "platform")
         if k in env
     )
@@ -375,7 +451,7 @@ def write_report(
     records.atomic_write(paths["csv"], lambda f: f.write(csv_text(rows, budget).encode()))
     text = [f"# {title}\n", describe_setup(runs)]
     if command:
-        text.append(f"- command: `{command}`\n")
+        text.append(f"- command: `{' '.join(command.split()).replace('`', chr(39))}`\n")
     text += [
         verdict_lines(ref, budget),
         "\n",

@@ -1,0 +1,115 @@
+"""Claiming a run folder: one writing process at a time, and no run replaced by accident.
+
+A lock file (``.lock``, holding the writer's pid) is locked with ``fcntl.flock``: the kernel drops that
+lock when its process ends, however it ends, so a lock left by a killed run is taken over (with a
+message) and a live one stops a second writer.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import sys
+from pathlib import Path
+
+from flatsam.train.records import CHECKPOINT, CONFIG, METRICS, RESULT
+
+LOCK = ".lock"
+RUN_FILES = (CONFIG, METRICS, RESULT, CHECKPOINT)
+
+
+class RunFolderError(ValueError):
+    """A run folder that is in use, holds another run, or lies outside the runs folder."""
+
+
+def run_folder(root: str | Path, name: str) -> Path:
+    """``root/name``, refusing names that would leave ``root`` (absolute, ``..``) or are empty."""
+    parts = Path(name).parts
+    if not parts or Path(name).is_absolute() or any(p in ("..", ".") for p in parts) or "\\" in name:
+        raise RunFolderError(
+            f"--name {name!r} must be a folder name inside {root}/ (no '..', no absolute path); "
+            "use --run-dir for a folder elsewhere"
+        )
+    return Path(root) / name
+
+
+class FolderLock:
+    """An exclusive lock on ``folder`` for the life of one process's run; ``release()`` removes it."""
+
+    def __init__(self, folder: Path) -> None:
+        self.path = Path(folder) / LOCK
+        self.fd: int | None = None
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+                os.close(fd)
+                raise RunFolderError(
+                    f"{self.path.parent} is being written by another process (pid {holder}); "
+                    "wait for it to finish or choose another name"
+                ) from None
+            try:  # the file may have been removed by the previous holder's release since we opened it
+                same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        previous = os.pread(fd, 32, 0).decode(errors="replace").strip()
+        if previous:
+            print(
+                f"flatsam: taking over the lock of {self.path.parent} left by process {previous} "
+                "(no longer running)",
+                file=sys.stderr,
+            )
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self.fd = fd
+
+    def release(self) -> None:
+        if self.fd is None:
+            return
+        self.path.unlink(missing_ok=True)
+        os.close(self.fd)
+        self.fd = None
+
+
+def claim(folder: Path, *, resume: bool, overwrite: bool) -> FolderLock:
+    """Lock ``folder`` and check it may be written: a new run needs a folder without run files (or
+    ``overwrite``, which deletes them, so no old ``result.json`` outlives its run); a resumed one needs a
+    checkpoint. Temporary files of an interrupted atomic write are removed."""
+    folder = Path(folder)
+    if resume and overwrite:
+        raise RunFolderError("--resume and --overwrite exclude each other")
+    lock = FolderLock(folder)
+    lock.acquire()
+    try:
+        present = [name for name in RUN_FILES if (folder / name).exists()]
+        if resume and CHECKPOINT not in present:
+            if RESULT in present:
+                why = " (the run finished and its checkpoint was deleted)"
+            elif present:
+                why = " (the run stopped before its first checkpoint: start it again with --overwrite)"
+            else:
+                why = ""
+            raise FileNotFoundError(f"--resume: no checkpoint at {folder / CHECKPOINT}{why}")
+        if present and not resume and not overwrite:
+            what = "a finished run" if RESULT in present else "an unfinished run"
+            raise RunFolderError(
+                f"{folder} already holds {what}; continue it with --resume or replace it with --overwrite"
+            )
+        if overwrite:
+            for name in present:
+                (folder / name).unlink()
+        for name in RUN_FILES:
+            for leftover in folder.glob(f".{name}.*"):
+                leftover.unlink(missing_ok=True)
+    except BaseException:
+        lock.release()
+        raise
+    return lock
