@@ -1,5 +1,10 @@
 # flatsam: `make bench-quick` (set up and run the one-minute benchmark), `make test` (set up and test).
 PY := .venv/bin/python
+# Benchmarks write to runs/bench/SUITE, never over the recorded folders under bench/; to re-record one:
+# make bench BENCH_OUT=bench BENCH_FLAGS=--overwrite
+BENCH_OUT ?= runs/bench
+BENCH_FLAGS ?=
+BENCH := $(PY) -m flatsam bench $(BENCH_FLAGS)
 
 .PHONY: setup test test-slow bench bench-quick bench-all bench-long bench-ablation bench-tasks lint
 setup: .venv/.installed
@@ -14,25 +19,25 @@ test-slow: setup
 	$(PY) -m pytest -q -m slow
 
 bench-quick: setup
-	$(PY) -m flatsam bench --quick
+	$(PY) -m flatsam bench --quick --overwrite  # a scratch folder: each run replaces the last
 
 bench: setup
-	$(PY) -m flatsam bench --out bench/default
+	$(BENCH) --out $(BENCH_OUT)/default
 
 bench-all: setup
-	$(PY) -m flatsam bench --suite all --out bench/all
+	$(BENCH) --suite all --out $(BENCH_OUT)/all
 
 bench-long: setup
-	$(PY) -m flatsam bench --suite long-n40 --out bench/long-n40
-	$(PY) -m flatsam bench --suite long-n20 --out bench/long-n20
-	$(PY) -m flatsam bench --suite long-clean --out bench/long-clean
+	$(BENCH) --suite long-n40 --out $(BENCH_OUT)/long-n40
+	$(BENCH) --suite long-n20 --out $(BENCH_OUT)/long-n20
+	$(BENCH) --suite long-clean --out $(BENCH_OUT)/long-clean
 
 bench-ablation: setup
-	$(PY) -m flatsam bench --suite ablation --out bench/ablation
+	$(BENCH) --suite ablation --out $(BENCH_OUT)/ablation
 
 bench-tasks: setup
-	$(PY) -m flatsam bench --suite quant --out bench/quant
-	$(PY) -m flatsam bench --suite pose --out bench/pose
+	$(BENCH) --suite quant --out $(BENCH_OUT)/quant
+	$(BENCH) --suite pose --out $(BENCH_OUT)/pose
 
 lint: setup
 	$(PY) -m ruff check src tests examples
