@@ -50,10 +50,11 @@ def load_tensors(path: str | Path, what: str = "checkpoint") -> Any:
         raise CheckpointError(f"{what} {path} is {kind} ({detail})") from None
 
 
-def digest(value: Any) -> str:
+def digest(value: Any, algorithm: str = "blake2b") -> str:
     """A hash of nested dicts/lists/tuples of tensors, numbers, strings and None: dtype, shape and bytes of
-    every tensor, keys and values of everything else; flipped bytes change it."""
-    h = hashlib.blake2b(digest_size=16)
+    every tensor, keys and values of everything else; flipped bytes change it. ``algorithm``: ``blake2b``
+    (16 bytes, checkpoints' integrity) or any name ``hashlib.new`` takes (e.g. ``sha256``)."""
+    h = hashlib.blake2b(digest_size=16) if algorithm == "blake2b" else hashlib.new(algorithm)
 
     def feed(v: Any) -> None:
         if isinstance(v, torch.Tensor):

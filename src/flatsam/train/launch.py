@@ -11,7 +11,6 @@ progress bar. The engine gathers AUSAM's loss history and agrees on skipped step
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -21,6 +20,7 @@ import torch.distributed as dist
 from torch import nn
 
 from flatsam.distributed import world_size
+from flatsam.safe_load import digest
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -105,12 +105,8 @@ def weights_digest(model: nn.Module) -> str:
 
 
 def state_digest(state: dict[str, torch.Tensor]) -> str:
-    """SHA-256 of a model ``state_dict``'s names and tensor bytes."""
-    digest = hashlib.sha256()
-    for name, value in state.items():
-        digest.update(name.encode())
-        digest.update(value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
+    """SHA-256 of a model ``state_dict``'s names, dtypes, shapes and tensor bytes."""
+    return digest(state, "sha256")
 
 
 def all_digests(model: nn.Module) -> list[str]:
