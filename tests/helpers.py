@@ -7,6 +7,7 @@ import contextlib
 import io
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,6 +18,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 import flatsam.engine
 from flatsam.losses import cross_entropy
+from flatsam.train import TrainConfig
 from reference import Problem, bn_mlp, tiny_mlp
 
 LR, MOMENTUM, WD = 0.1, 0.9, 1e-3
@@ -191,3 +193,20 @@ def small_cli_args(subset: int = 128) -> list[str]:
     """Command-line flags of a tiny synthetic run: an MLP, batch 64, one thread."""
     return ["--dataset", "synthetic", "--subset", str(subset), "--model", "mlp", "--batch-size", "64",
             "--threads", "1"]
+
+
+def tiny_run_config(run_dir: Path, **over: Any) -> TrainConfig:
+    """A few-second AUSAM run on the synthetic task: noisy labels, crop and flip, a short warm-up and ramp."""
+    base = dict(
+        method="ausam",
+        method_options={"warmup_epochs": 1, "ramp_epochs": 2},
+        dataset="synthetic",
+        model="mlp",
+        epochs=3,
+        batch_size=64,
+        threads=1,
+        label_noise=0.2,
+        crop_padding=2,
+        flip=True,
+    )
+    return TrainConfig(**{**base, "run_dir": str(run_dir), **over})

@@ -16,26 +16,13 @@ import torch
 
 from flatsam.cli import main
 from flatsam.train import Interrupted, Run, TrainConfig, records
-from helpers import small_cli_args
+from helpers import small_cli_args, tiny_run_config
 
 SMALL = small_cli_args(400)
 
 
 def tiny_config(tmp_path: Path, **over) -> TrainConfig:
-    base = dict(
-        method="ausam",
-        dataset="synthetic",
-        model="mlp",
-        epochs=3,
-        batch_size=64,
-        threads=1,
-        label_noise=0.2,
-        crop_padding=2,
-        flip=True,
-        run_dir=str(tmp_path / "run"),
-        method_options={"warmup_epochs": 1, "ramp_epochs": 2},
-    )
-    return TrainConfig(**{**base, **over})
+    return tiny_run_config(over.pop("run_dir", tmp_path / "run"), **over)
 
 
 def test_train_quick_writes_valid_run_files(tmp_path, capsys):

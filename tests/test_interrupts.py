@@ -16,27 +16,14 @@ import pytest
 from flatsam.cli import main
 from flatsam.train import Interrupted, Run, TrainConfig, records
 from flatsam.train.rundir import RunFolderError
-from helpers import same
+from helpers import same, tiny_run_config
 
 SRC = str(Path(__file__).parents[1] / "src")
 COMPARED = ("steps", "ascents", "skipped", "samples", "forward_samples", "backward_samples", "cost")
 
 
 def tiny(run_dir: Path, **over) -> TrainConfig:
-    base = dict(
-        method="ausam",
-        method_options={"warmup_epochs": 1, "ramp_epochs": 2},
-        dataset="synthetic",
-        subset=256,
-        model="cnn",
-        epochs=3,
-        batch_size=64,
-        threads=1,
-        label_noise=0.2,
-        crop_padding=2,
-        flip=True,
-    )
-    return TrainConfig(**{**base, "run_dir": str(run_dir), **over})
+    return tiny_run_config(run_dir, **{"model": "cnn", "subset": 256, **over})  # a CNN: BatchNorm buffers
 
 
 def assert_same_end(a: Path, b: Path) -> None:
