@@ -150,12 +150,12 @@ def test_arsam_zero_guard_mutant_fails_the_transcription(monkeypatch):
     """The guard's rule matters: averaging over every term (the left-out ones counted as 0) instead of
     over the kept ones changes the quota, and the comparison catches it."""
 
-    def counts_every_term(history: torch.Tensor) -> float:
+    def counts_every_term(history: torch.Tensor) -> torch.Tensor:
         prev, diff = history[:-1], history[1:] - history[:-1]
         terms = torch.where(prev != 0, diff / torch.where(prev != 0, prev, 1.0), 0.0)
-        return float(terms.mean().clamp(-1.0, 1.0))
+        return terms.mean().clamp(-1.0, 1.0)
 
-    monkeypatch.setattr(flatsam.schedule, "relative_trend", counts_every_term)
+    monkeypatch.setattr(flatsam.schedule, "relative_trend_tensor", counts_every_term)
     with pytest.raises(AssertionError):
         assert_arsam_matches(*arsam_pair(window=8, epochs=10))
 

@@ -8,6 +8,7 @@ import torch
 
 from flatsam import gradlist
 from flatsam.component import Component, Outcome, StepContext, make_generator
+from flatsam.skipping import unless_skipped
 
 
 class Schedule(Component):
@@ -259,19 +260,25 @@ class AEThreshold(Schedule):
 
 
 def relative_trend(history: torch.Tensor) -> float:
-    """Mean relative change (x[j+1] − x[j]) / x[j] over a history, clipped to [−1, 1] (vSAM).
+    """Mean relative change (x[j+1] − x[j]) / x[j] over a history, clipped to [−1, 1] (vSAM): the value of
+    ``relative_trend_tensor``, read on the host.
 
     Terms whose denominator is 0 are left out (0 when none is left): our guard. vSAM pads its histories
     with zeros and divides by every entry, which gives +inf for a change from 0 (its clip then says +1)
     and NaN for 0 → 0 (a NaN quota, which its ``int(base_sr)`` refuses). That happens only while fewer
     SAM steps than a window have been recorded, i.e. with a warm-up shorter than the window (flatsam's
     default suite: 48 warm-up steps, window 50), which vSAM's 3-epoch CIFAR warm-up never is."""
+    return float(relative_trend_tensor(history))
+
+
+def relative_trend_tensor(history: torch.Tensor) -> torch.Tensor:
+    """``relative_trend`` as a 0-dim tensor on the history's device (nothing read on the host)."""
     prev, diff = history[:-1], history[1:] - history[:-1]
     valid = prev != 0
     count = valid.sum()
     total = torch.where(valid, diff / torch.where(valid, prev, 1.0), 0.0).sum()
     mean = torch.where(count > 0, total / count.clamp_min(1), 0.0)
-    return float(mean.clamp(-1.0, 1.0))
+    return mean.clamp(-1.0, 1.0)
 
 
 def block_variance(values: torch.Tensor, blocks: int) -> torch.Tensor:
@@ -308,12 +315,16 @@ class ARSAMWindow(Schedule):
     vSAM's initial state is kept: base_sr = 1, p = 0.5, sr_now = 0 (1 after every warm-up step, so the
     first window after the warm-up has no SAM step), histories of K zeros. base_sr and p are float64
     Python numbers (vSAM: float32 tensors); the histories are float64 tensors on the gradient's device.
-    A skipped step (non-finite loss) still counts in the window. Host syncs: one per window. Under
-    torch.distributed the statistics come from all-reduced gradients; give every rank the same ``seed``.
+    A skipped step (non-finite loss) still counts in the window, and its SAM step leaves the histories
+    exactly as they were, selected on the device (``skip_on_device``: the draw comes before the clean
+    pass). Host syncs: one per window (both trends read together at its start), none on other steps.
+    Under torch.distributed the statistics come from all-reduced gradients; give every rank the same
+    ``seed``.
     """
 
     needs_clean_grads = True
     state_fields = ("t", "sr_now", "base_sr", "p", "ratios", "norms", "variances")
+    skip_on_device = True
 
     def __init__(
         self,
@@ -359,7 +370,8 @@ class ARSAMWindow(Schedule):
         return int(self.base_sr)
 
     def _adapt(self) -> None:
-        dr, dv = relative_trend(self.ratios), relative_trend(self.variances)
+        trends = [relative_trend_tensor(self.ratios), relative_trend_tensor(self.variances.to(self.ratios))]
+        dr, dv = torch.stack(trends).tolist()  # the window's one host read
         factor = 1 + self.gains[0] * dr + self.gains[1] * dv
         self.base_sr = max(1.0, min(self.base_sr * factor, float(self.max_sr)))
         self.p = self.base_sr / self.window
@@ -387,9 +399,13 @@ class ARSAMWindow(Schedule):
         psf = gradlist.difference(outcome.descent_grads[start:], clean)
         psf_norm = gradlist.norm(psf).to(torch.float64)
         grad_norm = gradlist.norm(clean).to(torch.float64)
-        self.norms = _push(self.norms, psf_norm)
-        self.ratios = _push(self.ratios, psf_norm / grad_norm)
-        self.variances = _push(self.variances, block_variance(self.norms, self.blocks))
+        norms = _push(self.norms, psf_norm)
+        ratios = _push(self.ratios, psf_norm / grad_norm)
+        variances = _push(self.variances, block_variance(norms, self.blocks))
+        found_inf = outcome.found_inf
+        self.norms = unless_skipped(found_inf, self.norms, norms)
+        self.ratios = unless_skipped(found_inf, self.ratios, ratios)
+        self.variances = unless_skipped(found_inf, self.variances, variances)
 
     def extra_repr(self) -> str:
         return (

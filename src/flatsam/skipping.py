@@ -161,3 +161,37 @@ def masked_step(
             optimizer.state.pop(p, None)
         else:
             optimizer.state[p] = state
+
+
+def unless_skipped(
+    found_inf: torch.Tensor | None, old: torch.Tensor | float, new: torch.Tensor
+) -> torch.Tensor:
+    """``new``, or ``old`` where ``found_inf`` (a 0-dim bool tensor) is set, chosen on ``new``'s device
+    without reading the flag (``where`` copies the chosen bits); ``new`` itself when nothing is deferred
+    (``found_inf`` is None). A component's ``record`` keeps its state this way under a deferred verdict."""
+    if found_inf is None:
+        return new
+    old = torch.as_tensor(old, dtype=new.dtype).to(new.device)
+    return torch.where(found_inf.to(new.device), old, new)
+
+
+def unless_skipped_all(
+    found_inf: torch.Tensor | None,
+    old: list[torch.Tensor | None] | None,
+    new: list[torch.Tensor | None],
+) -> list[torch.Tensor | None]:
+    """``unless_skipped`` position by position over two gradient-like lists (``old`` None: no list yet).
+    With a flag, a tensor missing on one side is taken as zeros (the masked value must exist either way);
+    ``None`` stays where both are missing."""
+    if found_inf is None:
+        return new
+    out: list[torch.Tensor | None] = []
+    for before, after in zip(old if old is not None else [None] * len(new), new, strict=True):
+        if before is None and after is None:
+            out.append(None)
+        elif after is None:
+            out.append(unless_skipped(found_inf, before, torch.zeros_like(before)))
+        else:
+            kept = torch.zeros_like(after) if before is None else before
+            out.append(unless_skipped(found_inf, kept, after))
+    return out
