@@ -1,27 +1,42 @@
-"""The engine's step without host reads: SGD, SAM, ASAM and AUSAM (during and after its warm-up) decide a
-non-finite skip on the device, and a skipped step still leaves weights, momentum, step counters and
-AUSAM's history exactly as they were; the flag is read once, when asked."""
+"""The engine's step without host reads: SGD, SAM, ASAM and AUSAM (during and after its warm-up), LookSAM,
+ARSAM and an every-k schedule with ARSAM's PSF reuse decide a non-finite skip on the device, and a skipped
+step still leaves weights, momentum, step counters, AUSAM's history, LookSAM's g_v and ARSAM's PSF,
+weights and histories exactly as they were; the flag is read once, when asked."""
 
 from __future__ import annotations
 
 import copy
+from collections import Counter
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 import flatsam
+import flatsam.schedule
+from flatsam.schedule import ARSAMWindow
 from flatsam.skipping import Verdict, masked_step
-from helpers import KW, HostReads, same
+from helpers import KW, HostReads, round_trip, same
 from helpers import closure_for as per_sample
 from reference import bn_mlp, toy_data
 
 ON_DEVICE = ("sgd", "sam", "asam", "ausam")
+#: Methods with a reuse rule, small enough that every branch runs within a few epochs of 3 steps: LookSAM
+#: ascends at steps 0, 3, 6, …; ARSAM's warm-up is epoch 0, its windows of 4 start with epoch 1 (the first
+#: without a SAM step), its PSF lasts 2 steps; the composition ascends every 3rd step, its PSF lasts 1 step.
+SCHEDULED = {
+    "looksam": {"k": 3},
+    "arsam": {"window": 4, "blocks": 2, "warmup_epochs": 1, "seed": 5, "reuse_steps": 2},
+    "every_k+psf": {"schedule": "every_k", "reuse": "psf", "schedule.k": 3, "reuse.steps": 1},
+}
 
 
 def build(name: str, model: torch.nn.Module, **over) -> flatsam.SharpnessAware:
     if name == "ausam":
         over = {"warmup_epochs": 1, "seed": 5, "keep": 0.5, **over}
+    if name in SCHEDULED:
+        over = {**SCHEDULED[name], **over}
+        name = "custom" if name == "every_k+psf" else name
     return flatsam.build_method(name, model.parameters(), model=model, num_samples=24, overrides=over, **KW)
 
 
@@ -50,6 +65,9 @@ def comparable(model, opt) -> dict:
         del state["model"][key]
     if "generator" in state["opt"]["selection"]:
         del state["opt"]["selection"]["generator"], state["opt"]["selection"]["warmup_seen"]
+    if isinstance(opt.schedule, ARSAMWindow):  # its window counts every step, skipped or not; draws before
+        for key in ("t", "sr_now", "generator"):
+            del state["opt"]["schedule"][key]
     return state
 
 
@@ -183,3 +201,150 @@ def test_verdict_reports_the_first_failed_pass_and_reads_once():
         verdict.check(one, one, "late")
     immediate = Verdict()
     assert immediate.check(nan, one, "clean") and immediate.reason == "clean" and immediate.found_inf is None
+
+
+# -- LookSAM, ARSAM, an every-k schedule with the PSF reuse --------------------------------------------------
+
+
+def steps(model, opt, x, y, epochs) -> list:
+    """Kept steps over ``epochs`` (3 batches of 8 each), epoch by epoch."""
+    infos = []
+    for epoch in epochs:
+        opt.set_epoch(epoch)
+        infos += [opt.step(per_sample(model, x, y, idx), index=idx) for idx in torch.arange(24).split(8)]
+    return infos
+
+
+@pytest.mark.parametrize("name", SCHEDULED)
+def test_scheduled_steps_read_nothing_on_the_host(name, monkeypatch):
+    """SAM steps, reuse steps and spent-PSF steps read nothing; ARSAM reads its two trends once per window
+    (``tolist``) and its U[0,1) draws from a CPU generator (``__float__``, before the clean pass)."""
+    model, opt, x, y = warmed_up(name, epoch=1)
+    draws, adapts = [], []
+    uniform, adapt = flatsam.schedule._uniform, ARSAMWindow._adapt
+    monkeypatch.setattr(flatsam.schedule, "_uniform", lambda g: draws.append(1) or uniform(g))
+    monkeypatch.setattr(ARSAMWindow, "_adapt", lambda self: adapts.append(1) or adapt(self))
+    with HostReads() as reads:
+        infos = steps(model, opt, x, y, range(1, 4))
+    ascents = [i.ran_ascent for i in infos]
+    assert any(ascents) and not all(ascents)
+    if name == "arsam":
+        assert len(adapts) == 2 and draws  # windows start at t = 4 and 8; draws while the quota is open
+    else:
+        assert ascents == [t % 3 == 0 for t in range(3, 12)] and not draws and not adapts
+    assert Counter(reads.calls) == Counter({"__float__": len(draws), "tolist": len(adapts)})
+    with HostReads() as reads:
+        assert not any(i.skipped for i in infos)
+    assert reads.calls == ["tolist"] * len(infos)
+
+
+def _skip_cases():
+    # (name, epoch after the warm-up epoch, kept steps before the skipped one, poisoned pass, kind of step)
+    for name in ("looksam", "every_k+psf"):
+        yield name, 1, 0, 0, "sam"
+        yield name, 1, 0, 1, "sam"
+        yield name, 1, 1, 0, "reuse"
+    yield "arsam", 0, 0, 0, "sam"  # a warm-up step: a SAM step that records the histories and the PSF
+    yield "arsam", 0, 0, 1, "sam"
+    yield "arsam", 1, 0, 0, "reuse"  # the first window after the warm-up has no SAM step: the PSF is mixed
+
+
+@pytest.mark.parametrize(("name", "epoch", "kept", "at", "kind"), list(_skip_cases()))
+def test_a_scheduled_step_skipped_on_the_device_changes_nothing(name, epoch, kept, at, kind):
+    model, opt, x, y = warmed_up(name, epoch)
+    idx = torch.arange(8)
+    for _ in range(kept):
+        opt.step(per_sample(model, x, y, idx), index=idx)
+    before = comparable(model, opt)
+    reuse = opt.reuse
+    if kind == "reuse":  # the PSF (or g_v) is mixed in on this step
+        assert reuse.seen.item() if name == "looksam" else reuse.reused.item() < reuse.steps
+    with HostReads() as reads:
+        info = opt.step(poisoned(model, x, y, idx, at, float("nan") if at == 0 else float("inf")), index=idx)
+    assert reads.calls == []
+    assert info.ran_ascent == (kind == "sam")
+    assert info.skipped and ("clean pass" if at == 0 else "descent pass") in info.reason
+    assert same(comparable(model, opt), before)  # weights, momentum, g_v / PSF, w, count, histories
+
+
+@pytest.mark.parametrize("name", SCHEDULED)
+def test_scheduled_skipping_on_the_device_matches_skipping_on_the_host(name):
+    """Host and device skipping give the same run, bit for bit, through skipped SAM steps (clean and
+    descent pass) and skipped reuse steps; ARSAM's skips fall in its warm-up and windows."""
+    poison = {(1, 0): 0, (1, 1): 0, (2, 0): 1, (3, 2): 0}
+    if name == "arsam":
+        poison = {(0, 1): 1, (1, 1): 0, (2, 2): 0}
+    runs, skips = [], []
+    for defer in (True, False):
+        x, y = toy_data()
+        model = bn_mlp()
+        opt = build(name, model)
+        if not defer:
+            opt._verdict = lambda ascend, scaler: Verdict(defer=False)
+        skipped = []
+        for epoch in range(5):
+            opt.set_epoch(epoch)
+            for step, idx in enumerate(torch.arange(24).split(8)):
+                at = poison.get((epoch, step))
+                closure = poisoned(model, x, y, idx, at, 1e400) if at is not None else None
+                closure = closure or per_sample(model, x, y, idx)
+                skipped.append(opt.step(closure, index=idx).skipped)
+        runs.append(snapshot(model, opt))
+        skips.append(skipped)
+    assert skips[0] == skips[1] and sum(skips[0]) == len(poison)
+    assert same(runs[0], runs[1])
+
+
+@pytest.mark.parametrize("name", ["looksam", "every_k+psf"])
+def test_after_a_skipped_first_ascent_the_plain_gradient_is_used(name):
+    """Until the first kept ascent there is no g_v / PSF: the reuse steps after a skipped first SAM step are
+    the base optimizer's own steps, bit for bit (the stored zeros add exactly nothing)."""
+    x, y = toy_data()
+    model, twin = bn_mlp(), bn_mlp()
+    opt = build(name, model)
+    sgd = torch.optim.SGD(twin.parameters(), **KW)
+    first = torch.arange(8)
+    assert opt.step(poisoned(model, x, y, first, 1, float("nan")), index=first).skipped
+    for idx in torch.arange(8, 24).split(8):  # steps 1 and 2: reuse steps
+        assert not opt.step(per_sample(model, x, y, idx), index=idx).ran_ascent
+        sgd.zero_grad()
+        F.cross_entropy(twin(x[idx]), y[idx]).backward()
+        sgd.step()
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), twin.parameters(), strict=True))
+
+
+def host_era(state: dict) -> dict:
+    """A reuse state as saved before the device counters: the PSF weight and count as Python numbers,
+    LookSAM without ``seen``."""
+    old = dict(state)
+    if old["kind"] == "LookSAMReuse":
+        del old["seen"]
+    else:
+        old["weight"], old["reused"] = float(old["weight"]), int(old["reused"])
+    return old
+
+
+@pytest.mark.parametrize("name", ["looksam", "every_k+psf"])
+@pytest.mark.parametrize("cut", [0, 2], ids=["fresh", "mid-run"])
+def test_checkpoints_of_the_host_read_era_load(name, cut):
+    """Such a state (fresh: no g_v / PSF, with the old fresh count 0; or after two epochs, ending on a
+    reuse step) loads, and the run goes on exactly as from the current format."""
+    x, y = toy_data()
+    model = bn_mlp()
+    opt = build(name, model)
+    steps(model, opt, x, y, range(cut))
+    current = round_trip({"model": model.state_dict(), "opt": opt.state_dict()})
+    old = host_era(current["opt"]["reuse"])
+    if cut == 0:
+        assert old.get("gv", old.get("psf", 0)) is None
+        old.update({"reused": 0} if "reused" in old else {})
+    results = []
+    for reuse_state in (current["opt"]["reuse"], old):
+        ckpt = copy.deepcopy(current)  # the base optimizer loads its momentum buffers without a copy
+        resumed_model = bn_mlp()
+        resumed = build(name, resumed_model)
+        resumed_model.load_state_dict(ckpt["model"])
+        resumed.load_state_dict({**ckpt["opt"], "reuse": reuse_state})
+        steps(resumed_model, resumed, x, y, range(cut, cut + 2))
+        results.append(snapshot(resumed_model, resumed))
+    assert same(results[0], results[1])
