@@ -14,6 +14,8 @@ import torch.nn.functional as F
 
 import flatsam
 import flatsam.schedule
+from flatsam.component import Outcome, StepContext
+from flatsam.reuse import LookSAMReuse, PSFReuse
 from flatsam.schedule import ARSAMWindow
 from flatsam.skipping import Verdict, masked_step
 from helpers import KW, HostReads, round_trip, same
@@ -348,3 +350,59 @@ def test_checkpoints_of_the_host_read_era_load(name, cut):
         steps(resumed_model, resumed, x, y, range(cut, cut + 2))
         results.append(snapshot(resumed_model, resumed))
     assert same(results[0], results[1])
+
+
+def bits(t: torch.Tensor) -> torch.Tensor:
+    """The bit patterns of a float64 tensor (``torch.equal`` takes −0 for +0)."""
+    return t.view(torch.int64)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: LookSAMReuse(),
+        lambda: LookSAMReuse(norm="tensor"),
+        lambda: PSFReuse(),
+        lambda: PSFReuse(steps=2),
+    ],
+    ids=["looksam-global", "looksam-tensor", "psf", "psf-host-era-fresh"],
+)
+def test_a_skipped_first_ascent_leaves_the_reuse_adding_exactly_nothing(make):
+    """Unit level: a first ascent recorded under ``found_inf`` stores zeros (LookSAM: ``seen`` false; PSF:
+    the count spent, also from a host-era fresh state whose count was 0), and a reuse step then leaves the
+    gradient's bits as they are, −0 included; the next kept ascent stores its g_v / PSF as always."""
+    reuse = make()
+    if isinstance(reuse, PSFReuse) and reuse.steps == 2:
+        reuse.load_state_dict(host_era({**reuse.state_dict(), "reused": 0}))
+    ctx = StepContext(step=0, epoch=0, batch_size=1)
+    nan = torch.full((3,), float("nan"), dtype=torch.float64)
+
+    def outcome(clean, descent, found_inf):
+        return Outcome(
+            ascent=True,
+            ascent_rows=torch.arange(1),
+            descent_rows=torch.arange(1),
+            loss_before=torch.zeros(1),
+            loss_after=torch.zeros(1),
+            clean_grad_norm=torch.zeros(()),
+            clean_grads=clean,
+            descent_grads=descent,
+            found_inf=found_inf,
+        )
+
+    with HostReads() as reads:
+        reuse.record(ctx, outcome([torch.ones(3, dtype=torch.float64)], [nan], torch.tensor(True)))
+    assert reads.calls == []
+    p = torch.nn.Parameter(torch.zeros(3, dtype=torch.float64))
+    grad = torch.tensor([-0.0, 1.0, -2.5], dtype=torch.float64)
+    p.grad = grad.clone()
+    reuse.apply(ctx, [p])
+    assert torch.equal(bits(p.grad), bits(grad))
+    g, gs = torch.tensor([1.0, 0.0, 0.0]).double(), torch.tensor([2.0, 3.0, 0.0]).double()
+    reuse.record(ctx, outcome([g], [gs], torch.tensor(False)))
+    looksam = isinstance(reuse, LookSAMReuse)
+    stored = reuse.gv if looksam else reuse.psf
+    assert torch.equal(stored[0], torch.tensor([0.0, 3.0, 0.0] if looksam else [1.0, 3.0, 0.0]).double())
+    p.grad = grad.clone()
+    reuse.apply(ctx, [p])
+    assert not torch.equal(p.grad, grad)  # mixed in now
