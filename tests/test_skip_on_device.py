@@ -329,11 +329,12 @@ def host_era(state: dict) -> dict:
 @pytest.mark.parametrize("name", ["looksam", "every_k+psf"])
 @pytest.mark.parametrize("cut", [0, 2], ids=["fresh", "mid-run"])
 def test_checkpoints_of_the_host_read_era_load(name, cut):
-    """Such a state (fresh: no g_v / PSF, with the old fresh count 0; or after two epochs, ending on a
-    reuse step) loads, and the run goes on exactly as from the current format."""
+    """Such a state (fresh: no g_v / PSF, with the old fresh count 0; or after two epochs, cut between
+    reuse steps: ascents at steps 0, 4, 8) loads, and the run goes on exactly as from the current format."""
     x, y = toy_data()
     model = bn_mlp()
-    opt = build(name, model)
+    over = {"k": 4} if name == "looksam" else {"schedule.k": 4, "reuse.steps": 3}
+    opt = build(name, model, **over)
     steps(model, opt, x, y, range(cut))
     current = round_trip({"model": model.state_dict(), "opt": opt.state_dict()})
     old = host_era(current["opt"]["reuse"])
@@ -344,7 +345,7 @@ def test_checkpoints_of_the_host_read_era_load(name, cut):
     for reuse_state in (current["opt"]["reuse"], old):
         ckpt = copy.deepcopy(current)  # the base optimizer loads its momentum buffers without a copy
         resumed_model = bn_mlp()
-        resumed = build(name, resumed_model)
+        resumed = build(name, resumed_model, **over)
         resumed_model.load_state_dict(ckpt["model"])
         resumed.load_state_dict({**ckpt["opt"], "reuse": reuse_state})
         steps(resumed_model, resumed, x, y, range(cut, cut + 2))
