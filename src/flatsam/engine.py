@@ -272,13 +272,13 @@ class SharpnessAware(torch.optim.Optimizer):
     optimizer exactly as they were (see :mod:`flatsam.skipping`).
 
     Host synchronisations: ``step(closure(rows))`` reads nothing on the host when every component
-    declares ``skip_on_device`` (those of SGD, SAM, ASAM, AUSAM, uniform sampling and SS-SAM) and no
-    ``GradScaler`` is given: the finiteness flag then masks the base optimizer's step on the device (read
+    declares ``skip_on_device`` (those of SGD, SAM, ASAM, AUSAM, uniform sampling, SS-SAM, LookSAM and
+    ARSAM; ARSAM still reads its window statistics once per window) and no ``GradScaler`` is given: the
+    finiteness flag then masks the base optimizer's step and the components' records on the device (read
     only on the step that creates the optimizer state, usually the first) and is read when
-    ``StepInfo.skipped`` is. Otherwise the flag is read after each pass, as before: LookSAM's and ARSAM's
-    reuse replace their stored gradient in ``record``, AE-SAM decides its ascent on the host from the
-    clean gradient's norm, ``GradScaler`` reads its own flag; ``first_step``/``second_step`` return
-    bools and read it too.
+    ``StepInfo.skipped`` is. Otherwise the flag is read after each pass, as before: AE-SAM (and
+    AE-LookSAM) decides its ascent on the host from the clean gradient's norm, ``GradScaler`` reads its
+    own flag; ``first_step``/``second_step`` return bools and read it too.
     """
 
     # GradScaler.step(opt) hands this optimizer the scale and the inf check instead of skipping its step()
