@@ -164,15 +164,16 @@ def masked_step(
 
 
 def unless_skipped(
-    found_inf: torch.Tensor | None, old: torch.Tensor | float, new: torch.Tensor
+    found_inf: torch.Tensor | None, old: torch.Tensor | float, new: torch.Tensor, *, overwrite: bool = False
 ) -> torch.Tensor:
     """``new``, or ``old`` where ``found_inf`` (a 0-dim bool tensor) is set, chosen on ``new``'s device
     without reading the flag (``where`` copies the chosen bits); ``new`` itself when nothing is deferred
-    (``found_inf`` is None). A component's ``record`` keeps its state this way under a deferred verdict."""
+    (``found_inf`` is None). A component's ``record`` keeps its state this way under a deferred verdict.
+    ``overwrite``: the choice is written into ``new`` (a fresh result nobody else holds), saving a copy."""
     if found_inf is None:
         return new
     old = torch.as_tensor(old, dtype=new.dtype).to(new.device)
-    return torch.where(found_inf.to(new.device), old, new)
+    return torch.where(found_inf.to(new.device), old, new, out=new if overwrite else None)
 
 
 def unless_skipped_all(
@@ -180,18 +181,17 @@ def unless_skipped_all(
     old: list[torch.Tensor | None] | None,
     new: list[torch.Tensor | None],
 ) -> list[torch.Tensor | None]:
-    """``unless_skipped`` position by position over two gradient-like lists (``old`` None: no list yet).
-    With a flag, a tensor missing on one side is taken as zeros (the masked value must exist either way);
-    ``None`` stays where both are missing."""
+    """``unless_skipped`` position by position over two gradient-like lists (``old`` None: no list yet),
+    written into ``new``'s tensors (fresh results). With a flag, a tensor missing on one side is taken as
+    zeros (the masked value must exist either way); ``None`` stays where both are missing."""
     if found_inf is None:
         return new
     out: list[torch.Tensor | None] = []
     for before, after in zip(old if old is not None else [None] * len(new), new, strict=True):
         if before is None and after is None:
             out.append(None)
-        elif after is None:
-            out.append(unless_skipped(found_inf, before, torch.zeros_like(before)))
-        else:
-            kept = torch.zeros_like(after) if before is None else before
-            out.append(unless_skipped(found_inf, kept, after))
+            continue
+        after = torch.zeros_like(before) if after is None else after
+        kept = torch.zeros_like(after) if before is None else before
+        out.append(unless_skipped(found_inf, kept, after, overwrite=True))
     return out
