@@ -36,8 +36,11 @@ class Counting:
 
     def __init__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor) -> None:
         self.inner, self.calls, self.rows = closure_for(model, x, y, idx), [], []
+        self.size = len(idx)
 
-    def __call__(self, rows: torch.Tensor) -> torch.Tensor:
+    def __call__(self, rows: torch.Tensor | slice) -> torch.Tensor:
+        if isinstance(rows, slice):  # every row, in order
+            rows = torch.arange(self.size)[rows]
         self.calls.append((len(rows), torch.is_grad_enabled()))
         self.rows.append(rows.clone())
         return self.inner(rows)

@@ -162,6 +162,38 @@ def test_ausam_pass_counting(batch):
     assert info.cost == pytest.approx(2 * half / batch)
 
 
+def test_whole_batch_passes_get_slice_none_and_drawn_rows_a_tensor():
+    """A pass over every row in order reaches the closure as ``slice(None)`` (a view of the batch: no
+    gather, and no index tensor to copy to an accelerator); rows a selection drew stay a tensor."""
+    x, y = toy_data(n=24)
+    model = tiny_mlp()
+    got = []
+
+    def closure(rows):
+        got.append(rows)
+        return F.cross_entropy(model(x[:8][rows]), y[:8][rows], reduction="none")
+
+    idx = torch.arange(8)
+    make("sam", model).step(closure, index=idx)
+    assert got == [slice(None), slice(None)]
+    got.clear()
+    ausam = make("ausam", model, warmup_epochs=1)
+    ausam.step(closure, index=idx)  # warm-up: plain SAM
+    ausam.set_epoch(1)
+    ausam.step(closure, index=idx)
+    assert got[:2] == [slice(None), slice(None)]
+    assert [type(r) for r in got[2:]] == [torch.Tensor, torch.Tensor] and len(got[2]) == 4
+
+
+def test_every_row_is_the_batch_in_order_on_the_cpu_only():
+    from flatsam.selection import every_row
+
+    assert every_row(torch.arange(5), 5)
+    assert not every_row(torch.arange(5), 6)
+    assert not every_row(torch.tensor([1, 0, 2, 3, 4]), 5)
+    assert not every_row(torch.arange(5, device="meta"), 5)  # never read off the CPU
+
+
 def test_nan_in_clean_pass_skips_with_weights_and_state_unchanged():
     x, y = toy_data()
     model = tiny_mlp()

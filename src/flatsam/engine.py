@@ -20,10 +20,10 @@ from flatsam.distributed import all_ranks_agree
 from flatsam.perturbation import Perturbation, SAMPerturbation, total_norm
 from flatsam.reuse import NoReuse, Reuse
 from flatsam.schedule import Always, Schedule
-from flatsam.selection import AllRows, RowPlan, Selection, all_rows
+from flatsam.selection import AllRows, RowPlan, Selection, all_rows, every_row
 from flatsam.skipping import Verdict, clones, masked_step
 
-#: ``closure(rows)``: per-sample losses of the batch rows ``rows`` (``slice(None)`` = every row, B unknown)
+#: ``closure(rows)``: per-sample losses of the batch rows ``rows`` (``slice(None)`` = every row, in order)
 Closure = Callable[[Any], torch.Tensor]
 
 
@@ -450,13 +450,15 @@ class SharpnessAware(torch.optim.Optimizer):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """One forward (and backward) of ``rows`` of a micro-batch; only its first forward updates BN
         stats. ``rows=None``: every row of a batch of unknown size (the closure gets ``slice(None)``; the
-        size is read from its losses). The backward starts from ``accumulate`` (gradients aligned with
-        ``params``) when given, else zero; ``share`` scales the mean loss (a micro-batch's part)."""
+        size is read from its losses); rows that are the whole batch in order reach it as ``slice(None)``
+        too (see ``every_row``). The backward starts from ``accumulate`` (gradients aligned with ``params``)
+        when given, else zero; ``share`` scales the mean loss (a micro-batch's part)."""
         counter = micro.counter
         freeze = running_stats_frozen(self.model) if counter.forward_passes else contextlib.nullcontext()
         unsynced = self._no_sync() if backward and not sync else contextlib.nullcontext()
         with freeze, unsynced, torch.set_grad_enabled(backward):
-            losses = _check_losses(micro.closure(slice(None) if rows is None else rows), rows)
+            whole = rows is None or every_row(rows, micro.ctx.batch_size)
+            losses = _check_losses(micro.closure(slice(None) if whole else rows), rows)
             loss = _reduce(losses, weights)
             if share is not None:
                 loss = loss * share
@@ -557,7 +559,7 @@ class SharpnessAware(torch.optim.Optimizer):
           (every row) and B is the number of losses it returns, which works for every selection whose
           first pass covers the whole batch (SAM, ASAM, K-SAM, ESAM's selection, the schedules); those
           that draw rows first (AUSAM, uniform, micro-batch, InfoBatch, m-sharpness) need ``index`` or
-          ``batch_size``. Gradients found in ``.grad`` from a backward of the caller are discarded
+          ``batch_size``. A pass over the whole batch in order always gets ``slice(None)``. Gradients found in ``.grad`` from a backward of the caller are discarded
           with a warning.
         - ``[closure_1, …, closure_k]`` with ``index=[index_1, …, index_k]`` (or ``batch_size=[B_1, …]``):
           one step over k micro-batches (gradient accumulation). ε comes from the gradient of the mean

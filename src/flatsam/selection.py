@@ -37,6 +37,18 @@ def all_rows(batch_size: int) -> torch.Tensor:
     return torch.arange(batch_size)
 
 
+def every_row(rows: torch.Tensor, batch_size: int | None) -> bool:
+    """Whether ``rows`` are the batch's rows 0, …, B−1 in order (checked only for rows on the CPU, which
+    is free). The engine then hands the closure ``slice(None)``: ``x[rows]`` becomes a view of the batch
+    instead of a gather, and a CUDA batch indexed by a CPU index tensor would copy it to the device with
+    a blocking copy, a host sync on every pass."""
+    return (
+        rows.device.type == "cpu"
+        and len(rows) == batch_size
+        and torch.equal(rows, torch.arange(batch_size, dtype=rows.dtype))
+    )
+
+
 class Selection(Component):
     """Plans the rows of a step.
 

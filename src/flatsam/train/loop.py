@@ -381,8 +381,9 @@ class Run:
         first: list[torch.Tensor] = []
         firsts.append(first)
 
-        def closure(rows: torch.Tensor) -> torch.Tensor:
-            rows = rows.to(s.device)
+        def closure(rows: torch.Tensor | slice) -> torch.Tensor:
+            if isinstance(rows, torch.Tensor):
+                rows = rows.to(s.device, non_blocking=True)
             with launch.autocast(self.config.amp, s.device):
                 out = s.model(x[rows])
                 losses = s.task.loss(out, y[rows])
