@@ -559,8 +559,8 @@ class SharpnessAware(torch.optim.Optimizer):
           (every row) and B is the number of losses it returns, which works for every selection whose
           first pass covers the whole batch (SAM, ASAM, K-SAM, ESAM's selection, the schedules); those
           that draw rows first (AUSAM, uniform, micro-batch, InfoBatch, m-sharpness) need ``index`` or
-          ``batch_size``. A pass over the whole batch in order always gets ``slice(None)``. Gradients found in ``.grad`` from a backward of the caller are discarded
-          with a warning.
+          ``batch_size``. A pass over the whole batch in order always gets ``slice(None)``. Gradients
+          found in ``.grad`` from a backward of the caller are discarded with a warning.
         - ``[closure_1, …, closure_k]`` with ``index=[index_1, …, index_k]`` (or ``batch_size=[B_1, …]``):
           one step over k micro-batches (gradient accumulation). ε comes from the gradient of the mean
           clean loss over all their rows, the descent gradient is that of the mean loss at w+ε, each
