@@ -39,6 +39,8 @@ CONFIG_HELP = {
     "device": "cpu, cuda, cuda:N or auto",
     "eval_batch_size": "batch size of the test evaluation",
     "eval_every": "evaluate on the test set every N epochs (and after the last)",
+    "eval_bn": "BatchNorm statistics of the evaluation: running (the training's moving average) or precise "
+    "(recomputed over the training set for each evaluation, then put back; training is unchanged)",
     "task": "classify, or pose (SimCC keypoints; defaults: stickfigures, resnet8, Adam lr 1e-3, batch 64)",
     "quantize": "quantization-aware training with LSQ, e.g. w4a4 (weight/activation bits in 2, 3, 4, 8; "
     "first and last layer at 8 bits)",

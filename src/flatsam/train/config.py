@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from flatsam.losses import SMOOTHING_FORMS
+from flatsam.train.precise_bn import EVAL_BN
 
 
 def parse_value(text: str) -> Any:
@@ -122,6 +123,7 @@ class TrainConfig:
     channels_last: bool = True
     eval_batch_size: int = 1000
     eval_every: int = 1
+    eval_bn: str = "running"
     run_dir: str = "runs/run"
     task: str = "classify"
     quantize: str | None = None
@@ -145,6 +147,7 @@ class TrainConfig:
             ("lr_warmup_epochs", 0 <= self.lr_warmup_epochs <= self.epochs, "in [0, epochs]"),
             ("eval_batch_size", self.eval_batch_size >= 1, ">= 1"),
             ("eval_every", self.eval_every >= 1, ">= 1"),
+            ("eval_bn", self.eval_bn in EVAL_BN, f"one of {EVAL_BN}"),
             ("optimizer", self.optimizer in ("sgd", "adam"), "'sgd' or 'adam'"),
             ("task", self.task in ("classify", "pose"), "'classify' or 'pose'"),
             ("quantize_init", self.quantize_init is None or bool(self.quantize), "unset without quantize"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import signal
 import time
@@ -19,6 +20,7 @@ from flatsam.methods import build_method
 from flatsam.train import launch, loggers, records
 from flatsam.train.config import TrainConfig
 from flatsam.train.interrupts import DeferredInterrupt
+from flatsam.train.precise_bn import precise_bn
 from flatsam.train.rundir import claim
 from flatsam.train.tasks import Task, build_model_for, classification_metrics, get_task
 
@@ -434,9 +436,11 @@ class Run:
         tested: dict[str, float | None] = {"test_loss": None, "test_acc": None}
         if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
             model = launch.unwrap(s.model)
-            model.eval()
-            tested = s.task.evaluate(model, s.test_x, s.test_y, s.data)
-            model.train()
+            precise = cfg.eval_bn == "precise"
+            with precise_bn(model, s.train_x, cfg.batch_size) if precise else contextlib.nullcontext():
+                model.eval()
+                tested = s.task.evaluate(model, s.test_x, s.test_y, s.data)
+                model.train()
         row = {
             "epoch": epoch,
             **train_figures(e),
