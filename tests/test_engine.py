@@ -177,6 +177,7 @@ def test_whole_batch_passes_get_slice_none_and_drawn_rows_a_tensor():
     make("sam", model).step(closure, index=idx)
     assert got == [slice(None), slice(None)]
     got.clear()
+    model = tiny_mlp()
     ausam = make("ausam", model, warmup_epochs=1)
     ausam.step(closure, index=idx)  # warm-up: plain SAM
     ausam.set_epoch(1)

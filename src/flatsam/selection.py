@@ -389,22 +389,31 @@ class UniformSampler(Selection):
     """Both passes on ⌊keep·B⌋ rows drawn uniformly without replacement (at least one): the random-sampling
     baseline of AUSAM (Deng et al., AAAI 2025; AUSAM with equal probabilities). The first
     ``warmup_epochs`` use every row, like AUSAM's warm-up (``UniformSAM`` sets it to AUSAM's 1, so that
-    the two differ only in how rows are drawn after it; 0 here, as a component). Own generator."""
+    the two differ only in how rows are drawn after it; 0 here, as a component). Own generator, on
+    ``device``: rows drawn on the model's device index its batch there without a copy from the host."""
 
     skip_on_device = True  # draws in plan, before the clean pass
 
-    def __init__(self, keep: float = 0.5, seed: int | None = None, warmup_epochs: int = 0) -> None:
+    def __init__(
+        self,
+        keep: float = 0.5,
+        seed: int | None = None,
+        warmup_epochs: int = 0,
+        device: torch.device | str = "cpu",
+    ) -> None:
         self.keep = check_fraction("keep", keep)
         if isinstance(warmup_epochs, bool) or not isinstance(warmup_epochs, int) or warmup_epochs < 0:
             raise ValueError(f"warmup_epochs must be an integer >= 0, got {warmup_epochs!r}")
         self.warmup_epochs = warmup_epochs
-        self.generator = make_generator(seed)
+        self.device = torch.device(device)
+        self.generator = make_generator(seed, self.device)
 
     def count(self, batch_size: int) -> int:
         return kept_rows(self.keep, batch_size)
 
     def draw(self, batch_size: int) -> torch.Tensor:
-        return torch.randperm(batch_size, generator=self.generator)[: self.count(batch_size)]
+        rows = torch.randperm(batch_size, generator=self.generator, device=self.device)
+        return rows[: self.count(batch_size)]
 
     def plan(self, ctx: StepContext, scores: torch.Tensor | None = None) -> RowPlan:
         rows = all_rows(ctx.batch_size) if ctx.epoch < self.warmup_epochs else self.draw(ctx.batch_size)
@@ -428,8 +437,14 @@ class MicroBatch(UniformSampler):
     uniformly without replacement from the selection's own generator.
     """
 
-    def __init__(self, size: int | None = None, fraction: float = 0.25, seed: int | None = None) -> None:
-        super().__init__(check_fraction("fraction", fraction), seed)
+    def __init__(
+        self,
+        size: int | None = None,
+        fraction: float = 0.25,
+        seed: int | None = None,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        super().__init__(check_fraction("fraction", fraction), seed, device=device)
         if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
             raise ValueError(f"size (the micro-batch size m) must be an integer >= 1 or None, got {size!r}")
         self.size = size

@@ -120,7 +120,7 @@ class MicroBatchSAM(SharpnessAware):
     Only the abstract is public, so m, the noise and ρ are our choices: ``fraction`` = 0.25 (or
     ``size`` = m), ``noise`` σ = 0.5 (‖ξ‖ ≈ σ‖g‖), ρ = 0.05 (SAM's). See ``MicroBatch`` and
     ``NoisySAMPerturbation`` for the reasons. ``seed`` seeds the row draws; the noise uses ``seed + 1``
-    and is drawn on ``noise_device``, by default the parameters' device.
+    and is drawn on ``noise_device``, by default the parameters' device, as are the rows.
     """
 
     def __init__(
@@ -145,7 +145,7 @@ class MicroBatchSAM(SharpnessAware):
             base_optimizer,
             rho=rho,
             model=model,
-            selection=MicroBatch(size, fraction, seed=seed),
+            selection=MicroBatch(size, fraction, seed=seed, device=noise_device),
             perturbation=perturbation,
             **kwargs,
         )
@@ -173,7 +173,7 @@ class UniformSAM(SharpnessAware):
     ⌊keep·B⌋ rows drawn uniformly without replacement. ρ = 0.1, keep = 0.5 and the warm-up (epoch 0 is
     SAM on every row, ``warmup_epochs`` = 1) are AUSAM's (authors' code), so with the same settings the
     two differ only in how the rows are drawn after the warm-up; ``warmup_epochs=0`` samples from the
-    first step."""
+    first step. The rows are drawn on ``draw_device``, by default the parameters' device."""
 
     def __init__(
         self,
@@ -184,10 +184,12 @@ class UniformSAM(SharpnessAware):
         keep: float = 0.5,
         warmup_epochs: int = 1,
         seed: int | None = None,
+        draw_device: torch.device | str | None = None,
         model: nn.Module | None = None,
         **kwargs: Any,
     ) -> None:
-        selection = UniformSampler(keep, seed, warmup_epochs=warmup_epochs)
+        params, draw_device = resolve_device(params, base_optimizer, draw_device)
+        selection = UniformSampler(keep, seed, warmup_epochs=warmup_epochs, device=draw_device)
         super().__init__(params, base_optimizer, rho=rho, model=model, selection=selection, **kwargs)
 
 
