@@ -31,6 +31,7 @@ bench-long: setup
 	$(BENCH) --suite long-n40 --out $(BENCH_OUT)/long-n40
 	$(BENCH) --suite long-n20 --out $(BENCH_OUT)/long-n20
 	$(BENCH) --suite long-clean --out $(BENCH_OUT)/long-clean
+	$(BENCH) --suite long-n40-crop --out $(BENCH_OUT)/long-n40-crop
 
 bench-ablation: setup
 	$(BENCH) --suite ablation --out $(BENCH_OUT)/ablation
