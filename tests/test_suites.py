@@ -1,0 +1,36 @@
+"""The benchmark suites: every one is offered on the command line and builds checked run settings."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from flatsam.cli import build_parser
+from flatsam.train.bench import SUITES, split_overrides, with_common_rho
+from flatsam.train.config import MethodSpec
+from flatsam.train.loop import check_method
+
+
+def test_the_command_line_offers_every_suite():
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    suite = next(a for a in commands.choices["bench"]._actions if a.dest == "suite")
+    assert sorted(suite.choices) == sorted(SUITES)
+
+
+@pytest.mark.parametrize("name", list(SUITES))
+def test_every_method_of_a_suite_builds_a_checked_run(name):
+    suite = SUITES[name]
+    labels = []
+    for text in suite.methods:
+        spec, config = split_overrides(with_common_rho(MethodSpec.parse(text), suite.rho), suite.config)
+        check_method(config.replace(method=spec.name, method_options=dict(spec.options), label=spec.label))
+        labels.append(spec.label)
+    assert len(set(labels)) == len(labels)
+
+
+def test_the_converged_regime_evaluates_with_precise_batchnorm_statistics():
+    config = SUITES["long-n40-crop"].config
+    settings = (config.eval_bn, config.crop_padding, config.epochs, config.label_noise)
+    assert settings == ("precise", 2, 100, 0.4)
