@@ -186,6 +186,26 @@ def test_whole_batch_passes_get_slice_none_and_drawn_rows_a_tensor():
     assert [type(r) for r in got[2:]] == [torch.Tensor, torch.Tensor] and len(got[2]) == 4
 
 
+def _f(rows, /):
+    return rows
+
+
+def _g(*, rows):
+    return rows
+
+
+@pytest.mark.parametrize(
+    "closure",
+    [lambda: 0, lambda rows: 0, lambda *a: 0, lambda **k: 0, lambda rows=None: 0, lambda a, *b: 0, _f, _g],
+)
+def test_closure_kind_from_the_code_object_agrees_with_the_signature(closure):
+    from flatsam.engine import _takes_rows
+
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    expected = any(p.kind in positional for p in inspect.signature(closure).parameters.values())
+    assert _takes_rows(closure) == expected
+
+
 def test_every_row_is_the_batch_in_order_on_the_cpu_only():
     from flatsam.selection import every_row
 

@@ -6,6 +6,7 @@ import contextlib
 import inspect
 import math
 import numbers
+import types
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
@@ -161,7 +162,11 @@ def _reduce(losses: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
 def _takes_rows(closure: Callable[..., Any]) -> bool:
     """Whether ``closure`` is flatsam's ``closure(rows)`` (it names a positional parameter) rather than a
     zero-argument closure in the style of davda54/sam and ``torch.optim.LBFGS`` (no parameter, or only
-    ``*args``/``**kwargs`` as in framework wrappers)."""
+    ``*args``/``**kwargs`` as in framework wrappers). A plain function (a lambda) is answered from its
+    code object, since ``inspect.signature`` costs more than a small model's step overhead."""
+    plain = not (hasattr(closure, "__wrapped__") or hasattr(closure, "__signature__"))
+    if type(closure) is types.FunctionType and plain:
+        return closure.__code__.co_argcount > 0  # positional parameters, defaults or not, *args excluded
     try:
         parameters = inspect.signature(closure).parameters.values()
     except (TypeError, ValueError):  # no signature (a builtin): assume the documented protocol
