@@ -188,9 +188,16 @@ SUITES: dict[str, Suite] = {
     ),
     "long-n40-crop": Suite(
         "the converged regime: 40 % label noise with random crops, 5,000 images, 100 epochs (4,000 steps), "
-        "precise-BN evaluation, SGD vs SAM vs AUSAM, 3 seeds",
+        "precise-BN evaluation: SGD, SAM, SAM for half the epochs (SGD's budget), AUSAM at ρ 0.1 and 0.05, "
+        "3 seeds",
         LONG_CROP_CONFIG,
-        ("sgd", "sam", "ausam"),
+        (
+            "sgd",
+            "sam",
+            "sam-50ep=sam:train.epochs=50,train.lr_warmup_epochs=5",
+            "ausam",
+            "ausam-rho0.05=ausam:rho=0.05",
+        ),
     ),
     "quant": Suite(
         "quantization-aware training (LSQ w4a4) on the default setting: SGD vs SAM vs AUSAM, 3 seeds",
