@@ -68,8 +68,9 @@ class SharpnessAwareMixin:
         if value:
             raise ValueError("automatic_optimization must stay False with SharpnessAwareMixin")
 
-    def sam_losses(self, batch: Any, rows: torch.Tensor) -> torch.Tensor:
-        """Per-sample losses (shape ``[len(rows)]``) of the rows ``rows`` of ``batch``, e.g.
+    def sam_losses(self, batch: Any, rows: torch.Tensor | slice) -> torch.Tensor:
+        """Per-sample losses of the rows ``rows`` of ``batch`` (a LongTensor of positions, or
+        ``slice(None)`` for all of them), e.g.
         ``F.cross_entropy(self(x[rows]), y[rows], reduction="none")``."""
         raise NotImplementedError(
             f"{type(self).__name__} must define sam_losses(self, batch, rows) -> per-sample losses"
