@@ -17,6 +17,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 import flatsam.engine
+from flatsam.component import Outcome
 from flatsam.losses import cross_entropy
 from flatsam.train import TrainConfig
 from reference import Problem, bn_mlp, tiny_mlp
@@ -213,3 +214,19 @@ def tiny_run_config(run_dir: Path, **over: Any) -> TrainConfig:
         flip=True,
     )
     return TrainConfig(**{**base, "run_dir": str(run_dir), **over})
+
+
+def ascent_outcome(clean: list, descent: list, found_inf: torch.Tensor | None = None) -> Outcome:
+    """The outcome of a one-row ascent step with these clean and descent gradients (for a component's
+    ``record``)."""
+    return Outcome(
+        ascent=True,
+        ascent_rows=torch.arange(1),
+        descent_rows=torch.arange(1),
+        loss_before=torch.zeros(1),
+        loss_after=torch.zeros(1),
+        clean_grad_norm=torch.zeros(()),
+        clean_grads=clean,
+        descent_grads=descent,
+        found_inf=found_inf,
+    )

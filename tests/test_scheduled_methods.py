@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import flatsam
-from flatsam.component import Outcome, StepContext
+from flatsam.component import StepContext
 from flatsam.methods.scheduled import AESAM, ARSAM, SSSAM, AELookSAM, LookSAM
 from flatsam.reuse import LookSAMReuse, PSFReuse
 from flatsam.schedule import AEThreshold, ARSAMWindow, Bernoulli, EveryK
@@ -18,6 +18,7 @@ from helpers import (
     MOMENTUM,
     WD,
     Counting,
+    ascent_outcome,
     assert_matches,
     batches,
     bn_model,
@@ -203,25 +204,12 @@ def test_ae_threshold_coefficient_per_step_and_per_epoch():
     ] == pytest.approx([0.0, -1.0, -1.0])
 
 
-def _outcome(clean, descent):
-    return Outcome(
-        ascent=True,
-        ascent_rows=torch.arange(1),
-        descent_rows=torch.arange(1),
-        loss_before=torch.zeros(1),
-        loss_after=torch.zeros(1),
-        clean_grad_norm=torch.zeros(()),
-        clean_grads=clean,
-        descent_grads=descent,
-    )
-
-
 @pytest.mark.parametrize("beta", [0.7, 0.6, 0.9])
 def test_psf_reuse_mixes_exactly_steps_times(beta):
     ctx = StepContext(step=0, epoch=0, batch_size=1)
     reuse = PSFReuse(beta=beta, steps=6)
     p = torch.nn.Parameter(torch.zeros(3, dtype=F64))
-    reuse.record(ctx, _outcome([torch.ones(3, dtype=F64)], [torch.full((3,), 3.0, dtype=F64)]))
+    reuse.record(ctx, ascent_outcome([torch.ones(3, dtype=F64)], [torch.full((3,), 3.0, dtype=F64)]))
     added = []
     for _ in range(9):
         p.grad = torch.zeros_like(p)
@@ -235,7 +223,7 @@ def test_looksam_reuse_removes_the_parallel_part():
     g = [torch.tensor([1.0, 0.0], dtype=F64), torch.tensor([1.0], dtype=F64)]
     gs = [torch.tensor([2.0, 3.0], dtype=F64), torch.tensor([2.0], dtype=F64)]
     reuse = LookSAMReuse(alpha=0.5)
-    reuse.record(ctx, _outcome(g, gs))
+    reuse.record(ctx, ascent_outcome(g, gs))
     torch.testing.assert_close(torch.cat(reuse.gv), torch.tensor([0.0, 3.0, 0.0], dtype=F64))
     params = [torch.nn.Parameter(torch.zeros_like(t)) for t in g]
     for p, t in zip(params, g, strict=True):

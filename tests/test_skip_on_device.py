@@ -14,11 +14,11 @@ import torch.nn.functional as F
 
 import flatsam
 import flatsam.schedule
-from flatsam.component import Outcome, StepContext
+from flatsam.component import StepContext
 from flatsam.reuse import LookSAMReuse, PSFReuse
 from flatsam.schedule import ARSAMWindow
 from flatsam.skipping import Verdict, masked_step
-from helpers import KW, HostReads, round_trip, same
+from helpers import KW, HostReads, ascent_outcome, round_trip, same
 from helpers import closure_for as per_sample
 from reference import bn_mlp, toy_data
 
@@ -378,21 +378,9 @@ def test_a_skipped_first_ascent_leaves_the_reuse_adding_exactly_nothing(make):
     ctx = StepContext(step=0, epoch=0, batch_size=1)
     nan = torch.full((3,), float("nan"), dtype=torch.float64)
 
-    def outcome(clean, descent, found_inf):
-        return Outcome(
-            ascent=True,
-            ascent_rows=torch.arange(1),
-            descent_rows=torch.arange(1),
-            loss_before=torch.zeros(1),
-            loss_after=torch.zeros(1),
-            clean_grad_norm=torch.zeros(()),
-            clean_grads=clean,
-            descent_grads=descent,
-            found_inf=found_inf,
-        )
 
     with HostReads() as reads:
-        reuse.record(ctx, outcome([torch.ones(3, dtype=torch.float64)], [nan], torch.tensor(True)))
+        reuse.record(ctx, ascent_outcome([torch.ones(3, dtype=torch.float64)], [nan], torch.tensor(True)))
     assert reads.calls == []
     p = torch.nn.Parameter(torch.zeros(3, dtype=torch.float64))
     grad = torch.tensor([-0.0, 1.0, -2.5], dtype=torch.float64)
@@ -400,7 +388,7 @@ def test_a_skipped_first_ascent_leaves_the_reuse_adding_exactly_nothing(make):
     reuse.apply(ctx, [p])
     assert torch.equal(bits(p.grad), bits(grad))
     g, gs = torch.tensor([1.0, 0.0, 0.0]).double(), torch.tensor([2.0, 3.0, 0.0]).double()
-    reuse.record(ctx, outcome([g], [gs], torch.tensor(False)))
+    reuse.record(ctx, ascent_outcome([g], [gs], torch.tensor(False)))
     looksam = isinstance(reuse, LookSAMReuse)
     stored = reuse.gv if looksam else reuse.psf
     assert torch.equal(stored[0], torch.tensor([0.0, 3.0, 0.0] if looksam else [1.0, 3.0, 0.0]).double())
