@@ -102,25 +102,28 @@ def test_asam_scope_all_is_davda54_adaptive(setting):
 
 @pytest.mark.parametrize("setting", SETTINGS, ids=str)
 @pytest.mark.parametrize("batch", [8, 7])
-def test_ausam_matches_transcription(batch, setting):
+@pytest.mark.parametrize("name", ["ausam", "ausam-halfrho"])  # the preset: AUSAM at its own ρ (0.05)
+def test_ausam_matches_transcription(name, batch, setting):
     x, y = toy_data(n=28)
     model = setting.model()
     problem = setting.problem(model, x, y)
-    kw = dict(rho=0.1, keep=0.5, s_min=0.1, s_max=0.5)
-    ref = ReferenceAUSAM(problem, MomentumSGD(LR, MOMENTUM, WD), len(x), ramp=2, warmup=1, seed=11, **kw)
-    opt = flatsam.AUSAM(
+    rho = flatsam.method_info(name).defaults["rho"].value
+    kw = dict(keep=0.5, s_min=0.1, s_max=0.5)
+    ref = ReferenceAUSAM(
+        problem, MomentumSGD(LR, MOMENTUM, WD), len(x), ramp=2, warmup=1, seed=11, rho=rho, **kw
+    )
+    opt = flatsam.build_method(
+        name,
         model.parameters(),
         torch.optim.SGD,
-        num_samples=len(x),
-        ramp_epochs=2,
-        warmup_epochs=1,
-        seed=11,
         model=model,
+        num_samples=len(x),
+        overrides=dict(ramp_epochs=2, warmup_epochs=1, seed=11, **kw),
         lr=LR,
         momentum=MOMENTUM,
         weight_decay=WD,
-        **kw,
     )
+    assert opt.rho == rho
     w = problem.weights()
     rows_seen, rows_expected = [], []
     for epoch, epoch_batches in enumerate(batches(len(x), batch, 4)):
@@ -163,7 +166,7 @@ BN_CHECKS = {
     "sam": lambda s: test_sam_matches_transcription(0.05, s),
     "asam": lambda s: test_asam_matches_transcription(True, s),
     "asam-all": test_asam_scope_all_is_davda54_adaptive,
-    "ausam": lambda s: test_ausam_matches_transcription(7, s),
+    "ausam": lambda s: test_ausam_matches_transcription("ausam", 7, s),
 }
 
 

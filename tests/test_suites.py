@@ -34,3 +34,8 @@ def test_the_converged_regime_evaluates_with_precise_batchnorm_statistics():
     config = SUITES["long-n40-crop"].config
     settings = (config.eval_bn, config.crop_padding, config.epochs, config.label_noise)
     assert settings == ("precise", 2, 100, 0.4)
+
+
+def test_a_suites_common_rho_leaves_the_half_rho_preset_alone():
+    assert with_common_rho(MethodSpec.parse("ausam"), 0.1).options["rho"] == 0.1
+    assert "rho" not in with_common_rho(MethodSpec.parse("ausam-halfrho"), 0.1).options

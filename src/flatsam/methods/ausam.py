@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Literal
 
 import torch
@@ -95,5 +96,34 @@ register(
             ),
         },
         needs=("num_samples",),
+    )
+)
+
+
+
+#: AUSAM at ρ = 0.05, half of SAM's 0.1: flatsam's preset for AUSAM's promise, chosen by measurement (our
+#: choice; everything else is the authors' AUSAM). An ascent computed on ⌊keep·B⌋ rows perturbs more per
+#: unit of ρ than SAM's on the whole batch (the m-sharpness effect: Foret et al., ICLR 2021; Andriushchenko
+#: & Flammarion, ICML 2022), so AUSAM at SAM's ρ is over-perturbed. Measured in flatsam's recorded
+#: benchmarks (3 seeds each, label-noise Fashion-MNIST, the small CNN): in the converged regime
+#: (bench/long-n40-crop, 100 epochs) 84.73 ± 0.43 % against SAM's 84.83 ± 0.86 % at 1.01× SGD's effective
+#: cost, where AUSAM at ρ 0.1 ends at 77.72 ± 2.78 % (SGD 79.32 %); on the short default (bench/ablation)
+#: 78.77 ± 0.29 % against AUSAM's 74.57 ± 1.52 % and SAM's 80.34 %. Unverified beyond this task: on the
+#: paper's CIFAR settings ρ = 0.1 is the authors' value.
+register(
+    MethodInfo(
+        "ausam-halfrho",
+        functools.partial(AUSAM, rho=0.05),
+        "AUSAM with half of SAM's ρ (the preset that keeps SAM's accuracy at SGD's cost here)",
+        "Deng et al., AAAI 2025, at ρ 0.05 (flatsam's benchmarks)",
+        {
+            "rho": Default(
+                0.05,
+                "our choice: bench/long-n40-crop 84.73 % vs SAM 84.83 % at 1.01x SGD's cost; AUSAM at 0.1: "
+                "77.72 %",
+            )
+        },
+        needs=("num_samples",),
+        sam_rho=False,  # its ρ is the point of the preset: a benchmark's common ρ does not replace it
     )
 )

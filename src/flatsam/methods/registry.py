@@ -33,7 +33,8 @@ class MethodInfo:
     ``needs`` names the facts about the run the builder must be given (``num_samples``: the training-set
     size; ``total_steps``: the number of optimizer steps of the run; ``epochs``: the number of epochs);
     facts a builder merely accepts are passed when known. ``sam_rho`` is true when the
-    method's ``rho`` is on SAM's scale (a benchmark's common ρ applies to it; ASAM's is not).
+    method's ``rho`` is on SAM's scale (a benchmark's common ρ applies to it; not to ASAM's, on another
+    scale, nor to a preset whose ρ is its point, ``ausam-halfrho``).
     """
 
     name: str
