@@ -6,9 +6,12 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
+import signal
 import socket
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -38,20 +41,36 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def torchrun(run_dir: Path, *args: str) -> None:
+def torchrun(run_dir: Path, *args: str, attempts: int = 2, timeout: float = 240) -> None:
+    """``flatsam train`` under a two-process torchrun. A launch that hangs (a rare gloo hang, about one
+    run in ten during development, cause not found; a normal run takes under a minute) is killed with
+    its workers and retried once on a fresh port, from a clean folder unless it resumes."""
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node=2",
-        f"--master_port={free_port()}",
-    ]
-    command += ["-m", "flatsam", "train", "--method", "ausam", "--opt", "ramp_epochs=1", *SMALL]
-    subprocess.run(
-        [*command, "--run-dir", str(run_dir), "--no-progress", *args], env=env, check=True, timeout=600,
-        capture_output=True,
-    )  # fmt: skip
+    for _ in range(attempts):
+        command = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node=2",
+            f"--master_port={free_port()}",
+        ]
+        command += ["-m", "flatsam", "train", "--method", "ausam", "--opt", "ramp_epochs=1", *SMALL]
+        command += ["--run-dir", str(run_dir), "--no-progress", *args]
+        process = subprocess.Popen(
+            command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True
+        )
+        try:
+            _, err = process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.communicate()
+            warnings.warn(f"torchrun hung for {timeout} s and was killed; retrying", stacklevel=2)
+            if "--resume" not in args:
+                shutil.rmtree(run_dir, ignore_errors=True)
+            continue
+        assert process.returncode == 0, err.decode(errors="replace")[-3000:]
+        return
+    pytest.fail(f"torchrun hung {attempts} times")
 
 
 def checkpoint_digest(run_dir: Path) -> str:
