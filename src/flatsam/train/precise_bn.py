@@ -33,6 +33,11 @@ def batch_norms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
     ]
 
 
+def _statistics(norm: nn.modules.batchnorm._BatchNorm) -> list[torch.Tensor]:
+    """The running statistics a BatchNorm layer holds (mean, variance and its batch count)."""
+    return [b for b in (norm.running_mean, norm.running_var, norm.num_batches_tracked) if b is not None]
+
+
 @contextlib.contextmanager
 def precise_bn(model: nn.Module, inputs: torch.Tensor, batch_size: int) -> Iterator[None]:
     """Inside: ``model``'s BatchNorm running statistics are the average of the statistics of ``inputs``
@@ -42,10 +47,7 @@ def precise_bn(model: nn.Module, inputs: torch.Tensor, batch_size: int) -> Itera
     if not norms:
         yield
         return
-    saved = [
-        [b.clone() for b in (m.running_mean, m.running_var, m.num_batches_tracked) if b is not None]
-        for m in norms
-    ]
+    saved = [[b.clone() for b in _statistics(m)] for m in norms]
     devices = [inputs.device] if inputs.device.type == "cuda" else []
     try:
         with torch.random.fork_rng(devices=devices), torch.no_grad():  # dropout draws leave no trace
@@ -53,6 +55,5 @@ def precise_bn(model: nn.Module, inputs: torch.Tensor, batch_size: int) -> Itera
         yield
     finally:
         for m, buffers in zip(norms, saved, strict=True):
-            current = [b for b in (m.running_mean, m.running_var, m.num_batches_tracked) if b is not None]
-            for target, value in zip(current, buffers, strict=True):
+            for target, value in zip(_statistics(m), buffers, strict=True):
                 target.copy_(value)
