@@ -1,7 +1,9 @@
-"""The engine's step without host reads: SGD, SAM, ASAM and AUSAM (during and after its warm-up), LookSAM,
-ARSAM and an every-k schedule with ARSAM's PSF reuse decide a non-finite skip on the device, and a skipped
-step still leaves weights, momentum, step counters, AUSAM's history, LookSAM's g_v and ARSAM's PSF,
-weights and histories exactly as they were; the flag is read once, when asked."""
+"""The engine's step without host reads (``sync_free=True``, the default off the CPU): SGD, SAM, ASAM,
+AUSAM (during and after its warm-up), K-SAM, LookSAM, ARSAM and an every-k schedule with ARSAM's PSF
+reuse decide a non-finite skip on the device, and a skipped step still leaves weights, momentum, step
+counters, AUSAM's history, LookSAM's g_v and ARSAM's PSF, weights and histories exactly as they were;
+the flag is read once, when asked. On the CPU (the default there) the flag is read after each pass and
+SAM keeps one copy of the weights, no copy of the optimizer state; a fused base needs none either way."""
 
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ from helpers import KW, HostReads, ascent_outcome, round_trip, same
 from helpers import closure_for as per_sample
 from reference import bn_mlp, toy_data
 
-ON_DEVICE = ("sgd", "sam", "asam", "ausam")
+ON_DEVICE = ("sgd", "sam", "asam", "ausam", "ksam")
 #: Methods with a reuse rule, small enough that every branch runs within a few epochs of 3 steps: LookSAM
 #: ascends at steps 0, 3, 6, …; ARSAM's warm-up is epoch 0, its windows of 4 start with epoch 1 (the first
 #: without a SAM step), its PSF lasts 2 steps; the composition ascends every 3rd step, its PSF lasts 1 step.
@@ -34,6 +36,8 @@ SCHEDULED = {
 
 
 def build(name: str, model: torch.nn.Module, **over) -> flatsam.SharpnessAware:
+    """The method ``name`` with its flags kept on the device (the default only off the CPU)."""
+    over = {"sync_free": True, **over}
     if name == "ausam":
         over = {"warmup_epochs": 1, "seed": 5, "keep": 0.5, **over}
     if name in SCHEDULED:
@@ -125,6 +129,7 @@ def poisoned(model, x, y, idx, at: int, value: float):
         ("ausam", 0, "clean pass", {}),
         ("ausam", 1, "descent pass", {}),
         ("ausam", 1, "descent pass", {"average": "ema"}),
+        ("ksam", 1, "descent pass", {}),
     ],
 )
 def test_a_step_skipped_on_the_device_changes_nothing(name, at, reason, over, epoch):
@@ -158,9 +163,7 @@ def test_skipping_on_the_device_matches_skipping_on_the_host():
     for defer in (True, False):
         x, y = toy_data()
         model = bn_mlp()
-        opt = build("ausam", model)
-        if not defer:
-            opt._verdict = lambda ascend, scaler: Verdict(defer=False)
+        opt = build("ausam", model, sync_free=defer)
         for epoch in range(3):
             opt.set_epoch(epoch)
             for step, idx in enumerate(torch.arange(24).split(8)):
@@ -168,6 +171,64 @@ def test_skipping_on_the_device_matches_skipping_on_the_host():
                 plain = at is None
                 closure = per_sample(model, x, y, idx) if plain else poisoned(model, x, y, idx, at, 1e400)
                 assert opt.step(closure, index=idx).skipped == (at is not None)
+        runs.append(snapshot(model, opt))
+    assert same(runs[0], runs[1])
+
+
+def cloned_sizes(monkeypatch) -> list[int]:
+    """Element counts of every ``torch._foreach_clone`` call from now on (the engine's copies)."""
+    sizes: list[int] = []
+    clone = torch._foreach_clone
+    monkeypatch.setattr(torch, "_foreach_clone", lambda ts: sizes.append(sum(t.numel() for t in ts)) or clone(ts))
+    return sizes
+
+
+def test_on_the_cpu_flags_are_read_after_each_pass_and_sam_copies_the_weights_once(monkeypatch):
+    """The default on the CPU: the check of each pass is read at once (two reads of a SAM step), and the
+    only copy is of the weights before the perturbation, none of the optimizer state."""
+    x, y = toy_data()
+    model = bn_mlp()
+    opt = flatsam.build_method("sam", model.parameters(), model=model, **KW)
+    idx = torch.arange(8)
+    opt.step(per_sample(model, x, y, idx), index=idx)
+    sizes = cloned_sizes(monkeypatch)
+    with HostReads() as reads:
+        info = opt.step(per_sample(model, x, y, idx), index=idx)
+    assert reads.calls == ["__bool__", "__bool__"] and not info.skipped
+    assert sizes == [sum(p.numel() for p in model.parameters())]
+    before = snapshot(model, opt)
+    info = opt.step(poisoned(model, x, y, idx, 1, float("nan")), index=idx)
+    assert info.skipped and "descent pass" in info.reason
+    after = snapshot(model, opt)
+    after["model"] = {k: v for k, v in after["model"].items() if "running" not in k and "batches" not in k}
+    before["model"] = {k: v for k, v in before["model"].items() if k in after["model"]}
+    del before["opt"]["engine"], after["opt"]["engine"]
+    assert same(after, before)
+
+
+def test_a_fused_base_skips_on_the_flag_without_a_copy_of_its_state(monkeypatch):
+    """``fused=True`` SGD takes the flag as GradScaler hands it: no host read, one copy (SAM's weights),
+    and the run equals the one checked on the host, bit for bit, through skipped steps."""
+    params = sum(p.numel() for p in bn_mlp().parameters())
+    runs = []
+    for defer in (True, False):
+        x, y = toy_data()
+        model = bn_mlp()
+        over = {"sync_free": defer}
+        opt = flatsam.build_method("sam", model.parameters(), model=model, overrides=over, fused=True, **KW)
+        for epoch in range(2):
+            for step, idx in enumerate(torch.arange(24).split(8)):
+                at = {(1, 0): 0, (1, 2): 1}.get((epoch, step))
+                closure = per_sample(model, x, y, idx) if at is None else poisoned(model, x, y, idx, at, 1e400)
+                if defer and epoch == 1:
+                    sizes = cloned_sizes(monkeypatch)
+                    with HostReads() as reads:
+                        info = opt.step(closure, index=idx)
+                    assert reads.calls == [] and sizes == [params]  # deferred: every pass runs
+                    monkeypatch.undo()
+                else:
+                    info = opt.step(closure, index=idx)
+                assert info.skipped == (at is not None)
         runs.append(snapshot(model, opt))
     assert same(runs[0], runs[1])
 
@@ -280,9 +341,7 @@ def test_scheduled_skipping_on_the_device_matches_skipping_on_the_host(name):
     for defer in (True, False):
         x, y = toy_data()
         model = bn_mlp()
-        opt = build(name, model)
-        if not defer:
-            opt._verdict = lambda ascend, scaler: Verdict(defer=False)
+        opt = build(name, model, sync_free=defer)
         skipped = []
         for epoch in range(5):
             opt.set_epoch(epoch)

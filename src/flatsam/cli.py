@@ -202,9 +202,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     check_method(config)
     from flatsam.train import launch
 
-    with launch.distributed(config.device):  # joins torchrun's process group, if any
+    def train() -> dict:
+        """The run, in a frame of its own: its DDP model is freed before the process group is."""
         run = Run(config, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
-        result = run.run()
+        return run.run()
+
+    with launch.distributed(config.device):  # joins torchrun's process group, if any
+        result = train()
         if not launch.is_main():
             return 0
     metric = "test accuracy"

@@ -276,14 +276,19 @@ class SharpnessAware(torch.optim.Optimizer):
     works too. A non-finite loss or gradient skips the step and leaves the weights and the base
     optimizer exactly as they were (see :mod:`flatsam.skipping`).
 
-    Host synchronisations: ``step(closure(rows))`` reads nothing on the host when every component
-    declares ``skip_on_device`` (those of SGD, SAM, ASAM, AUSAM, uniform sampling, SS-SAM, LookSAM and
-    ARSAM; ARSAM still reads its window statistics once per window) and no ``GradScaler`` is given: the
-    finiteness flag then masks the base optimizer's step and the components' records on the device (read
-    only on the step that creates the optimizer state, usually the first) and is read when
-    ``StepInfo.skipped`` is. Otherwise the flag is read after each pass, as before: AE-SAM (and
-    AE-LookSAM) decides its ascent on the host from the clean gradient's norm, ``GradScaler`` reads its
-    own flag; ``first_step``/``second_step`` return bools and read it too.
+    Host synchronisations (``sync_free``; by default on when the parameters live on an accelerator, off
+    on the CPU, where a read costs nothing): ``step(closure(rows))`` then reads nothing on the host when
+    every component declares ``skip_on_device`` (those of SGD, SAM, ASAM, AUSAM, uniform sampling,
+    SS-SAM, LookSAM and ARSAM; ARSAM still reads its window statistics once per window) and no
+    ``GradScaler`` is given: the finiteness flag masks the base optimizer's step and the components'
+    records on the device (read only on the step that creates the optimizer state, usually the first)
+    and is read when ``StepInfo.skipped`` is. A base optimizer that takes GradScaler's ``found_inf``
+    itself (``fused=True`` in torch) skips on the flag; any other is masked by a copy of its state, a
+    second parameter-sized copy beside the weights SAM saves. Otherwise the flag is read after each
+    pass: always with ``sync_free=False``, for AE-SAM (and AE-LookSAM), which decides its ascent on the
+    host from the clean gradient's norm, under a ``GradScaler``, which reads its own flag, and in
+    ``first_step``/``second_step``, which return bools. Read on the host, a failed check skips at once
+    and keeps no copy of the optimizer state.
     """
 
     # GradScaler.step(opt) hands this optimizer the scale and the inf check instead of skipping its step()
@@ -303,6 +308,7 @@ class SharpnessAware(torch.optim.Optimizer):
         model: nn.Module | None = None,
         max_grad_norm: float | None = None,
         check_finite: bool = True,
+        sync_free: bool | None = None,
         **base_kwargs: Any,
     ) -> None:
         finite_rho = isinstance(rho, numbers.Real) and not isinstance(rho, bool) and math.isfinite(rho)
@@ -341,6 +347,7 @@ class SharpnessAware(torch.optim.Optimizer):
         self.model = model
         self.max_grad_norm = max_grad_norm
         self.check_finite = check_finite
+        self.sync_free = sync_free
 
     # -- plumbing -----------------------------------------------------------------------------------
     def _alias_base(self) -> None:
@@ -506,16 +513,25 @@ class SharpnessAware(torch.optim.Optimizer):
         return all_ranks_agree(bool(torch.isfinite(loss) & torch.isfinite(norm)), loss.device)
 
     def _verdict(self, ascend: bool | None, scaler: torch.amp.GradScaler | None) -> Verdict:
-        """How ``step(closure(rows))`` checks finiteness: deferred to the device when nothing before the
-        update needs the answer, i.e. the ascent is decided before the clean pass (not AE-SAM), no
-        ``GradScaler`` reads its own flag, and every component declares ``skip_on_device``."""
+        """How ``step(closure(rows))`` checks finiteness: deferred to the device when asked to (see
+        ``_keeps_flags_on_device``) and nothing before the update needs the answer, i.e. the ascent is
+        decided before the clean pass (not AE-SAM), no ``GradScaler`` reads its own flag, and every
+        component declares ``skip_on_device``."""
         defer = (
             self.check_finite
+            and self._keeps_flags_on_device()
             and ascend is not None
             and scaler is None
             and all(type(c).skips_on_device() for c in self.components.values())
         )
         return Verdict(defer=defer)
+
+    def _keeps_flags_on_device(self) -> bool:
+        """``sync_free``, or by default whether the parameters live off the CPU (a host read there stalls
+        the device's queue; on the CPU it costs nothing, while masking keeps a copy of the state)."""
+        if self.sync_free is not None:
+            return self.sync_free
+        return any(p.device.type != "cpu" for p in self.params)
 
     def _stops(self, verdict: Verdict, loss: torch.Tensor, norm: torch.Tensor, where: str) -> bool:
         """Check the pass ``where``; True when the step must be skipped now (a flag read on the host)."""

@@ -381,8 +381,9 @@ class ADLPSampler(Selection):
 
 
 def top_rows(values: torch.Tensor, count: int) -> torch.Tensor:
-    """Batch positions of the ``count`` largest values, in batch order (ties: torch.topk's choice)."""
-    return torch.topk(values, count).indices.sort().values.cpu()
+    """Batch positions of the ``count`` largest values, in batch order (ties: torch.topk's choice), on
+    the values' device (no copy to the host)."""
+    return torch.topk(values, count).indices.sort().values
 
 
 class UniformSampler(Selection):
@@ -496,6 +497,7 @@ class TopKLoss(Selection):
 
     needs_scores = True
     needs_batch_size = False
+    skip_on_device = True  # no state, no draws
 
     def __init__(self, keep: float = 0.5) -> None:
         self.keep = check_fraction("keep", keep)
@@ -542,9 +544,9 @@ class SharpnessSensitiveSelection(Selection):
         k = kept_rows(self.gamma, len(sharpness))
         chosen = top_rows(sharpness, k)
         if not self.exact_topk:
-            strict = (sharpness > torch.topk(sharpness, k).values[-1]).nonzero().flatten().cpu()
+            strict = (sharpness > torch.topk(sharpness, k).values[-1]).nonzero().flatten()
             chosen = strict if len(strict) else chosen
-        return RowPlan(plan.ascent, plan.ascent[chosen], plan.ascent_weights)
+        return RowPlan(plan.ascent, plan.ascent.to(chosen.device)[chosen], plan.ascent_weights)
 
     def extra_repr(self) -> str:
         return f"gamma={self.gamma}, exact_topk={self.exact_topk}"

@@ -122,7 +122,10 @@ def masked_step(
 ) -> None:
     """``optimizer.step()`` unless ``found_inf`` (a 0-dim bool tensor) is set, exactly, without reading it.
 
-    The parameters with a gradient (those a ``torch.optim`` optimizer updates) are saved, reusing the
+    An optimizer that declares ``_step_supports_amp_scaling`` (torch's ``fused=True`` ones) is handed the
+    flag the way ``GradScaler.step`` hands it (``optimizer.found_inf``, no ``grad_scale``) and skips by
+    itself, once every updated parameter has its state (the step that creates it is masked as below,
+    where torch's fused SGD would keep an unwritten momentum buffer). Otherwise the parameters with a gradient (those a ``torch.optim`` optimizer updates) are saved, reusing the
     copies in ``saved`` (the weights before a SAM perturbation), and so are the tensors of their optimizer
     state (``_foreach_clone``); after the step each is chosen back by ``torch.where``. The flag is read
     on the host (one synchronisation) only where masking cannot be exact: when the step changes the layout
@@ -131,6 +134,9 @@ def masked_step(
     (e.g. Adam's step count on the CPU without ``capturable``); a skipped step then puts everything back.
     """
     params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+    if getattr(optimizer, "_step_supports_amp_scaling", False) and all(optimizer.state.get(p) for p in params):
+        _step_with_found_inf(optimizer, found_inf)
+        return
     saved = saved or {}
     missing = [p for p in params if p not in saved]
     fresh = dict(zip(missing, clones([p.detach() for p in missing]), strict=True))
@@ -161,6 +167,16 @@ def masked_step(
             optimizer.state.pop(p, None)
         else:
             optimizer.state[p] = state
+
+
+def _step_with_found_inf(optimizer: torch.optim.Optimizer, found_inf: torch.Tensor) -> None:
+    """``optimizer.step()`` with GradScaler's protocol: the flag as a float tensor, gradients unscaled."""
+    optimizer.grad_scale = None  # type: ignore[attr-defined]
+    optimizer.found_inf = found_inf.to(torch.float32)  # type: ignore[attr-defined]
+    try:
+        optimizer.step()
+    finally:
+        del optimizer.grad_scale, optimizer.found_inf  # type: ignore[attr-defined]
 
 
 def unless_skipped(

@@ -11,6 +11,7 @@ progress bar. The engine gathers AUSAM's loss history and agrees on skipped step
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -47,6 +48,10 @@ def distributed(device: str) -> Iterator[None]:
     try:
         yield
     finally:
+        # A DDP reducer still alive here would, when freed later, destroy gloo's group with the GIL held
+        # while a gloo thread needs the GIL to free a finished all-gather's tensors: a deadlock at exit
+        # (pytorch/pytorch#56297). Collect what is unreachable (the run's cycles) while the group lives.
+        gc.collect()
         dist.destroy_process_group()
 
 
