@@ -129,7 +129,7 @@ def poisoned(model, x, y, idx, at: int, value: float):
         ("ausam", 0, "clean pass", {}),
         ("ausam", 1, "descent pass", {}),
         ("ausam", 1, "descent pass", {"average": "ema"}),
-        ("ksam", 1, "descent pass", {}),
+        ("ksam", 2, "descent pass", {}),  # after its scoring forward and the clean pass
     ],
 )
 def test_a_step_skipped_on_the_device_changes_nothing(name, at, reason, over, epoch):
