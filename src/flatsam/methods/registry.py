@@ -141,7 +141,9 @@ def check_overrides(info: MethodInfo, overrides: dict[str, Any], base_optimizer:
             if key in base_keys:
                 raise ValueError(
                     f"option {key!r} is a setting of the base optimizer {base.__name__}, not of method "
-                    f"{info.name!r}; in flatsam train use --{key.replace('_', '-')}"
+                    f"{info.name!r}: pass it as a base-optimizer keyword (build_method(..., {key}=...)); "
+                    "flatsam train sets the base optimizer's lr, momentum, nesterov and weight decay by "
+                    "its own flags"
                 )
             near = difflib.get_close_matches(key, valid, n=2)
             hint = f"did you mean {' or '.join(map(repr, near))}? " if near else ""
