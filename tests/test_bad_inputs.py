@@ -261,6 +261,8 @@ def test_report_shows_settings_that_differ_and_finds_references_by_method(tmp_pa
 
 def test_a_base_optimizer_setting_given_as_a_method_option_says_how_to_pass_it():
     params = torch.nn.Linear(2, 2).parameters()
-    with pytest.raises(ValueError, match=r"setting of the base optimizer SGD.*build_method\(\.\.\., fused=\.\.\.\)"):
+    expected = r"setting of the base optimizer SGD.*build_method\(\.\.\., fused=\.\.\.\)"
+    with pytest.raises(ValueError, match=expected):
         flatsam.build_method("sam", params, overrides={"fused": True}, lr=0.1)
-    assert flatsam.build_method("sam", torch.nn.Linear(2, 2).parameters(), fused=True, lr=0.1).base.defaults["fused"]
+    opt = flatsam.build_method("sam", torch.nn.Linear(2, 2).parameters(), fused=True, lr=0.1)
+    assert opt.base.defaults["fused"]

@@ -179,7 +179,8 @@ def cloned_sizes(monkeypatch) -> list[int]:
     """Element counts of every ``torch._foreach_clone`` call from now on (the engine's copies)."""
     sizes: list[int] = []
     clone = torch._foreach_clone
-    monkeypatch.setattr(torch, "_foreach_clone", lambda ts: sizes.append(sum(t.numel() for t in ts)) or clone(ts))
+    counted = lambda ts: sizes.append(sum(t.numel() for t in ts)) or clone(ts)  # noqa: E731
+    monkeypatch.setattr(torch, "_foreach_clone", counted)
     return sizes
 
 
@@ -219,7 +220,9 @@ def test_a_fused_base_skips_on_the_flag_without_a_copy_of_its_state(monkeypatch)
         for epoch in range(2):
             for step, idx in enumerate(torch.arange(24).split(8)):
                 at = {(1, 0): 0, (1, 2): 1}.get((epoch, step))
-                closure = per_sample(model, x, y, idx) if at is None else poisoned(model, x, y, idx, at, 1e400)
+                closure = per_sample(model, x, y, idx)
+                if at is not None:
+                    closure = poisoned(model, x, y, idx, at, 1e400)
                 if defer and epoch == 1:
                     sizes = cloned_sizes(monkeypatch)
                     with HostReads() as reads:

@@ -124,17 +124,21 @@ def masked_step(
 
     An optimizer that declares ``_step_supports_amp_scaling`` (torch's ``fused=True`` ones) is handed the
     flag the way ``GradScaler.step`` hands it (``optimizer.found_inf``, no ``grad_scale``) and skips by
-    itself, once every updated parameter has its state (the step that creates it is masked as below,
-    where torch's fused SGD would keep an unwritten momentum buffer). Otherwise the parameters with a gradient (those a ``torch.optim`` optimizer updates) are saved, reusing the
-    copies in ``saved`` (the weights before a SAM perturbation), and so are the tensors of their optimizer
-    state (``_foreach_clone``); after the step each is chosen back by ``torch.where``. The flag is read
+    itself, once every updated parameter has its state: the step that creates the state is masked as
+    below, since torch 2.13's fused SGD skipped there keeps a momentum buffer it never wrote (we saw NaN).
+
+    Otherwise the parameters with a gradient (those a ``torch.optim`` optimizer updates) are saved,
+    reusing the copies in ``saved`` (the weights before a SAM perturbation), and so are the tensors of
+    their optimizer state (``_foreach_clone``); after the step each is chosen back by ``torch.where``.
+    The flag is read
     on the host (one synchronisation) only where masking cannot be exact: when the step changes the layout
     of the state (its first step creates the momentum buffers; a value that is not a tensor changes; a
     tensor is replaced rather than updated in place) or a tensor lives on another device than the flag
     (e.g. Adam's step count on the CPU without ``capturable``); a skipped step then puts everything back.
     """
     params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-    if getattr(optimizer, "_step_supports_amp_scaling", False) and all(optimizer.state.get(p) for p in params):
+    takes_flag = getattr(optimizer, "_step_supports_amp_scaling", False)
+    if takes_flag and all(optimizer.state.get(p) for p in params):
         _step_with_found_inf(optimizer, found_inf)
         return
     saved = saved or {}
