@@ -142,8 +142,7 @@ def check_overrides(info: MethodInfo, overrides: dict[str, Any], base_optimizer:
                 raise ValueError(
                     f"option {key!r} is a setting of the base optimizer {base.__name__}, not of method "
                     f"{info.name!r}: pass it as a base-optimizer keyword (build_method(..., {key}=...)); "
-                    "flatsam train sets the base optimizer's lr, momentum, nesterov and weight decay by "
-                    "its own flags"
+                    "flatsam train has --lr, --momentum, --nesterov and --weight-decay for them"
                 )
             near = difflib.get_close_matches(key, valid, n=2)
             hint = f"did you mean {' or '.join(map(repr, near))}? " if near else ""
