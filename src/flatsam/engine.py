@@ -31,10 +31,10 @@ Closure = Callable[[Any], torch.Tensor]
 @dataclass(frozen=True)
 class StepInfo:
     """What one ``step`` did. Counts are Python ints; the loss stays a tensor until you read ``loss``, and
-    whether the step was skipped (a non-finite loss or gradient) stays on the device until you read
-    ``skipped``, ``reason``, ``ascent``, ``ascent_rows`` or ``descent_rows``: the first of them reads the
-    step's flag on the host once (a synchronisation on an accelerator); a skipped step reports no ascent
-    and no rows.
+    whether the step was skipped (a non-finite loss or gradient), when the engine kept that flag on the
+    device (``sync_free``), stays there until you read ``skipped``, ``reason``, ``ascent``,
+    ``ascent_rows`` or ``descent_rows``: the first of them reads the step's flag on the host once (a
+    synchronisation on an accelerator); a skipped step reports no ascent and no rows.
 
     ``ran_ascent``, ``ran_ascent_rows`` and ``ran_descent_rows`` say what ran, without reading anything
     (on a step skipped on the device the passes ran, and were undone). ``forward_samples``/
