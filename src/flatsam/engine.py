@@ -468,6 +468,8 @@ class SharpnessAware(torch.optim.Optimizer):
         counter = micro.counter
         freeze = running_stats_frozen(self.model) if counter.forward_passes else contextlib.nullcontext()
         unsynced = self._no_sync() if backward and not sync else contextlib.nullcontext()
+        if backward:  # the last pass's gradients go before this forward, not after: a lower peak
+            self.zero_grad(set_to_none=True)
         with freeze, unsynced, torch.set_grad_enabled(backward):
             whole = rows is None or every_row(rows, micro.ctx.batch_size)
             losses = _check_losses(micro.closure(slice(None) if whole else rows), rows)
@@ -475,7 +477,6 @@ class SharpnessAware(torch.optim.Optimizer):
             if share is not None:
                 loss = loss * share
             if backward:
-                self.zero_grad(set_to_none=True)
                 for p, g in zip(self.params, accumulate or (), strict=False):
                     p.grad = g
                 (scaler.scale(loss) if scaler is not None else loss).backward()
