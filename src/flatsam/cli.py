@@ -202,13 +202,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     check_method(config)
     from flatsam.train import launch
 
-    def train() -> dict:
-        """The run, in a frame of its own: its DDP model is freed before the process group is."""
-        run = Run(config, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
-        return run.run()
-
     with launch.distributed(config.device):  # joins torchrun's process group, if any
-        result = train()
+        # the Run is a temporary, not a local: it and its DDP model are freed before the process group
+        progress = not args.no_progress
+        result = Run(config, resume=args.resume, overwrite=args.overwrite, progress=progress).run()
         if not launch.is_main():
             return 0
     metric = "test accuracy"
