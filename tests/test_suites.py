@@ -39,3 +39,11 @@ def test_the_converged_regime_evaluates_with_precise_batchnorm_statistics():
 def test_a_suites_common_rho_leaves_the_half_rho_preset_alone():
     assert with_common_rho(MethodSpec.parse("ausam"), 0.1).options["rho"] == 0.1
     assert "rho" not in with_common_rho(MethodSpec.parse("ausam-halfrho"), 0.1).options
+
+
+def test_the_second_converged_regime_plans_ausam_for_sgds_wall_clock():
+    suite = SUITES["long-n20-crop"]
+    assert (suite.config.label_noise, suite.config.eval_bn, suite.config.epochs) == (0.2, "precise", 100)
+    spec, config = split_overrides(with_common_rho(MethodSpec.parse(suite.methods[-1]), suite.rho), suite.config)
+    assert (spec.name, spec.label, "rho" in spec.options) == ("ausam-halfrho", "ausam-halfrho-95ep", False)
+    assert (config.epochs, config.lr_warmup_epochs) == (95, 9.5)
