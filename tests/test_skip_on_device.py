@@ -203,6 +203,39 @@ def test_on_the_cpu_flags_are_read_after_each_pass_and_sam_copies_the_weights_on
     assert same(comparable(model, opt), before)
 
 
+@pytest.mark.parametrize("name", ["sam", "ausam", "looksam"])
+def test_the_clean_gradient_is_freed_before_the_weights_are_copied(monkeypatch, name):
+    """Gradient, ε and saved weights are never alive together: when the weights are copied, no parameter
+    holds a gradient (LookSAM keeps its own copy of the clean gradient before)."""
+    x, y = toy_data()
+    model = bn_mlp()
+    opt = flatsam.build_method(name, model.parameters(), model=model, num_samples=len(x), **KW)
+    opt.set_epoch(1)
+    graded: list[int] = []
+    clone = torch._foreach_clone
+    counted = lambda ts: graded.append(sum(p.grad is not None for p in model.parameters())) or clone(ts)  # noqa: E731
+    monkeypatch.setattr(torch, "_foreach_clone", counted)
+    idx = torch.arange(8)
+    assert opt.step(per_sample(model, x, y, idx), index=idx).ascent
+    assert graded == [0]
+
+
+def test_first_step_keeps_the_clean_gradient_unless_told_to_zero_it():
+    x, y = toy_data()
+    for zero_grad in (False, True):
+        model = bn_mlp()
+        opt = flatsam.build_method("sam", model.parameters(), model=model, **KW)
+        F.cross_entropy(model(x), y).backward()
+        clean = [p.grad.clone() for p in model.parameters()]
+        assert opt.first_step(zero_grad=zero_grad)
+        kept = [p.grad for p in model.parameters()]
+        if zero_grad:
+            assert all(g is None for g in kept)
+        else:
+            assert all(torch.equal(g, c) for g, c in zip(kept, clean, strict=True))
+        opt.restore()
+
+
 def test_a_fused_base_skips_on_the_flag_without_a_copy_of_its_state(monkeypatch):
     """``fused=True`` SGD takes the flag as GradScaler hands it: no host read, one copy (SAM's weights),
     and the run equals the one checked on the host, bit for bit, through skipped steps."""

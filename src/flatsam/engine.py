@@ -539,12 +539,19 @@ class SharpnessAware(torch.optim.Optimizer):
         return self.check_finite and verdict.check(loss, norm, f"non-finite loss or gradient in {where}")
 
     @torch.no_grad()
-    def _perturb(self, ctx: StepContext) -> None:
+    def _perturb(self, ctx: StepContext, *, free_grads: bool = True) -> None:
         """w ← w + ε over the parameter groups that take part in the ascent: a group with
         ``perturb=False`` (e.g. LSQ step sizes, see :mod:`flatsam.quant`) gets no ε and no share of
-        its norm. The weights are saved and moved by ``torch._foreach_*`` kernels."""
+        its norm. The weights are saved and moved by ``torch._foreach_*`` kernels.
+
+        ``free_grads``: the clean gradient, spent once ε is computed, is freed before the weights are
+        saved, so that the gradient, ε and the saved weights are never alive together (at most two
+        parameter-sized copies, as in a hand-written loop; a component that keeps the clean gradient has
+        copied it before)."""
         groups = [group for group in self.param_groups if group.get("perturb", True)]
         pairs = self.perturbation.epsilon(ctx, groups)
+        if free_grads:
+            self.zero_grad(set_to_none=True)
         if not pairs:
             return
         weights = [p.detach() for p, _ in pairs]
@@ -989,9 +996,7 @@ class SharpnessAware(torch.optim.Optimizer):
             return False
         if self.keeps_clean_grads:
             pending.clean_grads = [None if g is None else g.detach() / ctx.grad_scale for g in self._grads()]
-        self._perturb(ctx)
-        if zero_grad:
-            self.zero_grad(set_to_none=True)
+        self._perturb(ctx, free_grads=zero_grad)
         return True
 
     def _backward_seen(self) -> None:
