@@ -44,6 +44,7 @@ def test_a_suites_common_rho_leaves_the_half_rho_preset_alone():
 def test_the_second_converged_regime_plans_ausam_for_sgds_wall_clock():
     suite = SUITES["long-n20-crop"]
     assert (suite.config.label_noise, suite.config.eval_bn, suite.config.epochs) == (0.2, "precise", 100)
-    spec, config = split_overrides(with_common_rho(MethodSpec.parse(suite.methods[-1]), suite.rho), suite.config)
+    spec = with_common_rho(MethodSpec.parse(suite.methods[-1]), suite.rho)
+    spec, config = split_overrides(spec, suite.config)
     assert (spec.name, spec.label, "rho" in spec.options) == ("ausam-halfrho", "ausam-halfrho-95ep", False)
     assert (config.epochs, config.lr_warmup_epochs) == (95, 9.5)
