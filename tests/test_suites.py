@@ -41,10 +41,15 @@ def test_a_suites_common_rho_leaves_the_half_rho_preset_alone():
     assert "rho" not in with_common_rho(MethodSpec.parse("ausam-halfrho"), 0.1).options
 
 
-def test_the_second_converged_regime_plans_ausam_for_sgds_wall_clock():
-    suite = SUITES["long-n20-crop"]
-    assert (suite.config.label_noise, suite.config.eval_bn, suite.config.epochs) == (0.2, "precise", 100)
+@pytest.mark.parametrize(
+    ("name", "noise", "epochs", "ausam_epochs"),
+    [("long-n20-crop", 0.2, 100, 95), ("long-n40-crop-10k", 0.4, 60, 57)],
+)
+def test_the_other_converged_regimes_plan_ausam_for_sgds_wall_clock(name, noise, epochs, ausam_epochs):
+    suite = SUITES[name]
+    assert (suite.config.label_noise, suite.config.eval_bn, suite.config.epochs) == (noise, "precise", epochs)
     spec = with_common_rho(MethodSpec.parse(suite.methods[-1]), suite.rho)
     spec, config = split_overrides(spec, suite.config)
-    assert (spec.name, spec.label, "rho" in spec.options) == ("ausam-halfrho", "ausam-halfrho-95ep", False)
-    assert (config.epochs, config.lr_warmup_epochs) == (95, 9.5)
+    label = f"ausam-halfrho-{ausam_epochs}ep"
+    assert (spec.name, spec.label, "rho" in spec.options) == ("ausam-halfrho", label, False)
+    assert (config.epochs, config.lr_warmup_epochs) == (ausam_epochs, ausam_epochs / 10)
