@@ -388,6 +388,7 @@ def build_parser() -> argparse.ArgumentParser:
             "long-clean",
             "long-n40-crop",
             "long-n20-crop",
+            "long-n30-crop",
             "long-n40-crop-10k",
             "ablation",
             "quant",
@@ -397,9 +398,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="default: sgd, sam, ausam × 3 seeds; all: every method and two compositions; long-n40/long-n20: "
         "the long regime (5× the steps) at 40 %%/20 %% label noise with SAM at SGD's budget and controls; "
         "long-clean: the same without label noise; long-n40-crop: 40 %% noise with random crops, 100 epochs, "
-        "precise-BN evaluation (the converged regime); long-n20-crop: the same at 20 %% noise, with AUSAM at "
-        "ρ 0.05 planned for SGD's wall-clock; long-n40-crop-10k: 40 %% noise, crops, 10,000 images, "
-        "60 epochs; "
+        "precise-BN evaluation (the converged regime); long-n20-crop/long-n30-crop: the same at 20 %%/30 %% "
+        "noise, with AUSAM at ρ 0.05 planned for SGD's wall-clock; long-n40-crop-10k: 40 %% noise, crops, "
+        "10,000 images, 60 epochs; "
         "ablation: AUSAM's budget, options and the authors' recipe on the default setting; quant/pose: the "
         "paper's other tasks (LSQ w4a4 QAT; SimCC on the stick-figure stand-in)",
     )
