@@ -143,6 +143,16 @@ class Suite:
     rho: float | None = 0.1
 
 
+def equal_time_suite(setting: str, config: TrainConfig) -> Suite:
+    """SGD, SAM and AUSAM at ρ 0.05 planned for SGD's wall-clock (``equal_time_ausam``) on ``config``."""
+    epochs = round(config.epochs / AUSAM_STEP_OVER_SGD)
+    return Suite(
+        f"{setting}: SGD, SAM and AUSAM at ρ 0.05 planned for SGD's wall-clock ({epochs} epochs), 3 seeds",
+        config,
+        ("sgd", "sam", equal_time_ausam(config.epochs)),
+    )
+
+
 SUITES: dict[str, Suite] = {
     "default": Suite(
         "SGD vs SAM vs AUSAM on the CPU label-noise benchmark (3 seeds)",
@@ -214,25 +224,19 @@ SUITES: dict[str, Suite] = {
             "ausam-rho0.05=ausam:rho=0.05",
         ),
     ),
-    "long-n20-crop": Suite(
-        "the converged regime at 20 % label noise (otherwise as long-n40-crop): SGD, SAM and AUSAM at ρ 0.05 "
-        "planned for SGD's wall-clock (95 epochs: its step costs 1.05x SGD's), 3 seeds",
+    "long-n20-crop": equal_time_suite(
+        "the converged regime at 20 % label noise (otherwise as long-n40-crop)",
         LONG_CROP_CONFIG.replace(label_noise=0.2),
-        ("sgd", "sam", equal_time_ausam(LONG_CROP_CONFIG.epochs)),
     ),
-    "long-n30-crop": Suite(
-        "the converged regime at 30 % label noise (otherwise as long-n40-crop), added after 20 % fell just "
-        "short of the 3-point bar: SGD, SAM and AUSAM at ρ 0.05 planned for SGD's wall-clock (95 epochs), "
-        "3 seeds",
+    "long-n30-crop": equal_time_suite(
+        "the converged regime at 30 % label noise (otherwise as long-n40-crop; added after 20 % fell just "
+        "short of the 3-point bar)",
         LONG_CROP_CONFIG.replace(label_noise=0.3),
-        ("sgd", "sam", equal_time_ausam(LONG_CROP_CONFIG.epochs)),
     ),
-    "long-n40-crop-10k": Suite(
+    "long-n40-crop-10k": equal_time_suite(
         "the converged regime on twice the images: 40 % label noise with random crops, 10,000 images, 60 "
-        "epochs (4,740 steps), precise-BN evaluation: SGD, SAM and AUSAM at ρ 0.05 planned for SGD's "
-        "wall-clock (57 epochs), 3 seeds",
+        "epochs (4,740 steps), precise-BN evaluation",
         LONG_CROP_10K_CONFIG,
-        ("sgd", "sam", equal_time_ausam(LONG_CROP_10K_CONFIG.epochs)),
     ),
     "quant": Suite(
         "quantization-aware training (LSQ w4a4) on the default setting: SGD vs SAM vs AUSAM, 3 seeds",
