@@ -78,10 +78,15 @@ LONG_METHODS = (
 AUSAM_STEP_OVER_SGD = 1.05
 
 
+def equal_time_epochs(sgd_epochs: int) -> int:
+    """AUSAM's epochs for the wall-clock of SGD's ``sgd_epochs``: ``sgd_epochs / 1.05``, rounded."""
+    return round(sgd_epochs / AUSAM_STEP_OVER_SGD)
+
+
 def equal_time_ausam(sgd_epochs: int) -> str:
-    """AUSAM at ρ 0.05 planned for the wall-clock of SGD's ``sgd_epochs``: ``sgd_epochs / 1.05`` epochs
-    rounded, the warm-up kept at a tenth of the run. Fixed before any accuracy was seen; not tuned."""
-    epochs = round(sgd_epochs / AUSAM_STEP_OVER_SGD)
+    """AUSAM at ρ 0.05 planned for the wall-clock of SGD's ``sgd_epochs`` (``equal_time_epochs``), the
+    warm-up kept at a tenth of the run. Fixed before any accuracy was seen; not tuned."""
+    epochs = equal_time_epochs(sgd_epochs)
     return (
         f"ausam-halfrho-{epochs}ep=ausam-halfrho:train.epochs={epochs},train.lr_warmup_epochs={epochs / 10:g}"
     )
@@ -145,7 +150,7 @@ class Suite:
 
 def equal_time_suite(setting: str, config: TrainConfig) -> Suite:
     """SGD, SAM and AUSAM at ρ 0.05 planned for SGD's wall-clock (``equal_time_ausam``) on ``config``."""
-    epochs = round(config.epochs / AUSAM_STEP_OVER_SGD)
+    epochs = equal_time_epochs(config.epochs)
     return Suite(
         f"{setting}: SGD, SAM and AUSAM at ρ 0.05 planned for SGD's wall-clock ({epochs} epochs), 3 seeds",
         config,
