@@ -43,7 +43,12 @@ def test_a_suites_common_rho_leaves_the_half_rho_preset_alone():
 
 @pytest.mark.parametrize(
     ("name", "noise", "epochs", "ausam_epochs"),
-    [("long-n20-crop", 0.2, 100, 95), ("long-n30-crop", 0.3, 100, 95), ("long-n40-crop-10k", 0.4, 60, 57)],
+    [
+        ("long-n20-crop", 0.2, 100, 95),
+        ("long-n30-crop", 0.3, 100, 95),
+        ("long-n30-crop-150ep", 0.3, 150, 143),
+        ("long-n40-crop-10k", 0.4, 60, 57),
+    ],
 )
 def test_the_other_converged_regimes_plan_ausam_for_sgds_wall_clock(name, noise, epochs, ausam_epochs):
     suite = SUITES[name]

@@ -389,6 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
             "long-n40-crop",
             "long-n20-crop",
             "long-n30-crop",
+            "long-n30-crop-150ep",
             "long-n40-crop-10k",
             "ablation",
             "quant",
@@ -399,7 +400,8 @@ def build_parser() -> argparse.ArgumentParser:
         "the long regime (5× the steps) at 40 %%/20 %% label noise with SAM at SGD's budget and controls; "
         "long-clean: the same without label noise; long-n40-crop: 40 %% noise with random crops, 100 epochs, "
         "precise-BN evaluation (the converged regime); long-n20-crop/long-n30-crop: the same at 20 %%/30 %% "
-        "noise, with AUSAM at ρ 0.05 planned for SGD's wall-clock; long-n40-crop-10k: 40 %% noise, crops, "
+        "noise, with AUSAM at ρ 0.05 planned for SGD's wall-clock; long-n30-crop-150ep: 30 %% noise for 150 "
+        "epochs; long-n40-crop-10k: 40 %% noise, crops, "
         "10,000 images, 60 epochs; "
         "ablation: AUSAM's budget, options and the authors' recipe on the default setting; quant/pose: the "
         "paper's other tasks (LSQ w4a4 QAT; SimCC on the stick-figure stand-in)",

@@ -238,6 +238,11 @@ SUITES: dict[str, Suite] = {
         "short of the 3-point bar)",
         LONG_CROP_CONFIG.replace(label_noise=0.3),
     ),
+    "long-n30-crop-150ep": equal_time_suite(
+        "the 30 % setting trained 1.5× longer (150 epochs, 6,000 steps), where SGD has fitted the noisy "
+        "labels far enough to settle (run to find where SGD's drift meets the bar, before SAM and AUSAM ran)",
+        LONG_CROP_CONFIG.replace(label_noise=0.3, epochs=150, lr_warmup_epochs=15),
+    ),
     "long-n40-crop-10k": equal_time_suite(
         "the converged regime on twice the images: 40 % label noise with random crops, 10,000 images, 60 "
         "epochs (4,740 steps), precise-BN evaluation",
