@@ -5,10 +5,10 @@ import json
 from pathlib import Path
 
 import pytest
-from helpers import tiny_run_config
 
 from flatsam.train.loop import train
 from flatsam.train.records import write_json
+from helpers import tiny_run_config
 
 SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "noisy-selection" / "measure.py"
 
