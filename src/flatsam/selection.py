@@ -180,7 +180,7 @@ class ADLPSampler(Selection):
 
     Under label noise a mislabelled row's loss moves more under the perturbation, so ADLP draws such
     rows more often than their share: 35–38 % of the drawn rows at 30 % noise in flatsam's measurement
-    (``bench/noisy-selection``; the paper trains on clean labels).
+    (``bench/noisy-selection``; the paper reports no label-noise experiment, as we read it).
 
     Usable on its own in a hand-written loop: ``rows = sampler.select(index)`` …
     ``sampler.update(index[rows], loss_before, loss_after)``.
