@@ -23,10 +23,11 @@ import torch  # noqa: E402
 
 from flatsam.train.config import TrainConfig  # noqa: E402
 from flatsam.train.loop import Run  # noqa: E402
+from flatsam.train.records import read_json  # noqa: E402
 
 
 def measure(recorded: Path, out: Path) -> dict:
-    values = json.loads((recorded / "config.json").read_text())["config"]
+    values = read_json(recorded / "config.json")["config"]
     config = TrainConfig.from_dict({**values, "run_dir": str(out / "run")})
     run = Run(config, overwrite=True, progress=False, keep_checkpoint=False)
     sampler = run.setup.optimizer.selection
@@ -50,7 +51,7 @@ def measure(recorded: Path, out: Path) -> dict:
     sampler.plan = counting_plan
     result = run.run()
     adlp = sampler.adlp.cpu()
-    recorded_acc = json.loads((recorded / "result.json").read_text())["final_test_acc"]
+    recorded_acc = read_json(recorded / "result.json")["final_test_acc"]
     summary = {
         "recorded_run": str(recorded),
         "noise_rate": float(noisy.float().mean()),
