@@ -93,6 +93,13 @@ class Component:
     def set_epoch(self, epoch: int) -> None:
         """Called by ``SharpnessAware.set_epoch`` at the start of every epoch."""
 
+    def correct_descent(self, ctx: StepContext, outcome: Outcome) -> None:
+        """On a step that ascended: change the descent gradient in place before the base optimizer uses it
+        (GSAM's surrogate-gap correction fits here). Called with the weights restored, the gradients
+        unscaled and not yet clipped; ``outcome.descent_grads`` are the parameters' ``.grad`` tensors,
+        ``outcome.clean_grads`` is filled when a component asked for it (``needs_clean_grads``). On a
+        step whose verdict is deferred it must read nothing on the host."""
+
     def record(self, ctx: StepContext, outcome: Outcome) -> None:
         """Learn from a finished step: one not skipped, or, with ``outcome.found_inf`` set, one that is
         undone where the flag is set (a ``skip_on_device`` component must then change nothing)."""

@@ -850,6 +850,10 @@ class SharpnessAware(torch.optim.Optimizer):
             scaler.unscale_(self.base)
         if not outcome.ascent:
             self.reuse.apply(ctx, self.params)
+        else:
+            outcome.descent_grads = self._grads()
+            for component in self.components.values():
+                component.correct_descent(ctx, outcome)
         if self.max_grad_norm is not None:
             torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm)
         outcome.descent_grads = self._grads()
