@@ -9,6 +9,7 @@ strings, lists, tuples and dicts, so every flatsam checkpoint is written in thos
 from __future__ import annotations
 
 import hashlib
+import os
 import pickle
 import re
 import warnings
@@ -17,6 +18,8 @@ from typing import Any
 
 import torch
 
+from flatsam.safe_open import open_regular, shown
+
 
 class CheckpointError(ValueError):
     """A checkpoint file that cannot be read, is not a flatsam checkpoint or has been altered."""
@@ -24,14 +27,19 @@ class CheckpointError(ValueError):
 
 def load_tensors(path: str | Path, what: str = "checkpoint") -> Any:
     """``torch.load(path, weights_only=True)`` on the CPU; any failure is a ``CheckpointError`` (or
-    ``FileNotFoundError``) of one line naming ``what`` and the file."""
+    ``FileNotFoundError``) of one line naming ``what`` and the file. The file is opened without following
+    a link and must be a regular file (``flatsam.safe_open``): a symlink or device is refused."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{what}: no file at {path}")
     try:
-        with warnings.catch_warnings():  # torch warns about pickle protocols of foreign files
-            warnings.simplefilter("ignore")
-            return torch.load(path, map_location="cpu", weights_only=True)
+        fd = open_regular(path)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{what}: no file at {path}") from None
+    except PermissionError:
+        raise CheckpointError(f"{what} {path} is not readable (permission denied)") from None
+    try:
+        with os.fdopen(fd, "rb") as handle, warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch warns about pickle protocols of foreign files
+            return torch.load(handle, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         found = re.search(r"unsupported GLOBAL ([\w.]+)|Unsupported global: GLOBAL ([\w.]+)", str(error))
         if found:
@@ -40,13 +48,11 @@ def load_tensors(path: str | Path, what: str = "checkpoint") -> Any:
                 f"({found[1] or found[2]}); refused (loading it could run code)"
             ) from None
         reason = re.search(r"Unsupported operand \d+", str(error))
-        detail = reason[0] if reason else str(error).splitlines()[0][:80]
+        detail = reason[0] if reason else shown(str(error).splitlines()[0], 80)
         raise CheckpointError(f"{what} {path} is corrupt or not written by torch.save ({detail})") from None
-    except PermissionError:
-        raise CheckpointError(f"{what} {path} is not readable (permission denied)") from None
     except Exception as error:  # torch raises RuntimeError, EOFError, KeyError, ... on damaged files
         kind = "empty" if path.stat().st_size == 0 else "truncated or corrupt"
-        detail = str(error).splitlines()[0][:80] if str(error) else type(error).__name__
+        detail = shown(str(error).splitlines()[0], 80) if str(error) else type(error).__name__
         raise CheckpointError(f"{what} {path} is {kind} ({detail})") from None
 
 

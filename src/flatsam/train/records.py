@@ -1,9 +1,14 @@
-"""Files of a run folder: atomic writes, JSON/JSONL, checkpoints and the environment record."""
+"""Files of a run folder: atomic writes, JSON/JSONL, checkpoints and the environment record.
+
+A run folder may come from someone else (copied, unpacked, edited), so every file in it is read through
+:mod:`flatsam.safe_open`: without following links, regular files only, of bounded size.
+"""
 
 from __future__ import annotations
 
 import errno
 import json
+import math
 import os
 import platform
 import tempfile
@@ -15,8 +20,13 @@ import numpy as np
 import torch
 
 from flatsam.safe_load import CheckpointError, digest, load_tensors
+from flatsam.safe_open import MAX_TEXT_BYTES, RunFileError, check_regular, open_regular, read_bytes, shown
 
+#: The files of a run folder, the one place that names them.
 CONFIG, METRICS, RESULT, CHECKPOINT = "config.json", "metrics.jsonl", "result.json", "checkpoint.pt"
+RUN_FILES = (CONFIG, METRICS, RESULT, CHECKPOINT)
+
+__all__ = ["MAX_TEXT_BYTES", "RunFileError", "check_regular", "open_regular", "read_bytes", "shown"]
 
 
 def _umask() -> int:
@@ -50,37 +60,64 @@ def atomic_write(path: Path, write) -> None:
         raise
 
 
+def finite_or_null(value: Any) -> Any:
+    """``value`` with every NaN or infinity (in nested dicts and lists) replaced by ``None``: what
+    JSON can hold (``json.dumps`` would write a bare ``NaN``, which no strict reader accepts)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: finite_or_null(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite_or_null(v) for v in value]
+    return value
+
+
+def json_text(value: Any, **options: Any) -> str:
+    """Strict JSON of ``value`` (non-finite numbers become ``null``)."""
+    return json.dumps(finite_or_null(value), sort_keys=True, allow_nan=False, **options)
+
+
 def write_json(path: Path, value: Any) -> None:
-    atomic_write(path, lambda f: f.write((json.dumps(value, indent=2, sort_keys=True) + "\n").encode()))
+    atomic_write(path, lambda f: f.write((json_text(value, indent=2) + "\n").encode()))
+
+
+def _text(path: Path) -> str:
+    try:
+        return read_bytes(path).decode()
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path} is not UTF-8 text ({error.reason} at byte {error.start})") from None
 
 
 def read_json(path: Path) -> Any:
-    """The JSON value in ``path``; a file that is not JSON is a ``ValueError`` naming it."""
+    """The JSON value in the regular file ``path`` (no link, FIFO or device; at most
+    ``MAX_TEXT_BYTES``); a file that is not JSON is a ``ValueError`` naming it."""
+    text = _text(Path(path))
     try:
-        return json.loads(Path(path).read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
         raise ValueError(f"{path} is not valid JSON ({error})") from None
     except RecursionError:
         raise ValueError(f"{path} is not usable JSON (nested too deeply)") from None
 
 
 def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> None:
-    atomic_write(
-        path, lambda f: f.write("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows).encode())
-    )
+    atomic_write(path, lambda f: f.write("".join(json_text(r) + "\n" for r in rows).encode()))
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The rows of the JSON-lines file ``path`` (none when it does not exist), read as ``read_json``."""
     path = Path(path)
-    if not path.exists():
+    if not check_regular(path):
         return []
     rows = []
-    for number, line in enumerate(path.read_text().splitlines(), 1):
+    for number, line in enumerate(_text(path).splitlines(), 1):
         if line.strip():
             try:
                 rows.append(json.loads(line))
             except json.JSONDecodeError as error:
                 raise ValueError(f"{path}, line {number}, is not valid JSON ({error})") from None
+            except RecursionError:
+                raise ValueError(f"{path}, line {number}, is nested too deeply") from None
     return rows
 
 

@@ -2,20 +2,25 @@
 
 A lock file (``.lock``, holding the writer's pid) is locked with ``fcntl.flock``: the kernel drops that
 lock when its process ends, however it ends, so a lock left by a killed run is taken over (with a
-message) and a live one stops a second writer.
+message) and a live one stops a second writer. The lock file is created exclusively and opened without
+following links (``O_CREAT | O_EXCL | O_NOFOLLOW``); a run folder that is a symlink, or whose run files
+or lock are symlinks, FIFOs or devices, is refused before anything is written (``flatsam.safe_open``).
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
+import stat
 import sys
 from pathlib import Path
 
-from flatsam.train.records import CHECKPOINT, CONFIG, METRICS, RESULT
+from flatsam.safe_open import check_regular, open_regular
+from flatsam.train.records import CHECKPOINT, RESULT, RUN_FILES
 
 LOCK = ".lock"
-RUN_FILES = (CONFIG, METRICS, RESULT, CHECKPOINT)
+__all__ = ["LOCK", "RUN_FILES", "FolderLock", "RunFolderError", "check_folder", "claim", "run_folder"]
 
 
 class RunFolderError(ValueError):
@@ -33,6 +38,37 @@ def run_folder(root: str | Path, name: str) -> Path:
     return Path(root) / name
 
 
+def check_folder(folder: Path) -> None:
+    """``folder`` is a real folder or absent: a symlink (dangling or not) or a file in its place is a
+    ``RunFolderError`` naming it."""
+    try:
+        mode = os.lstat(folder).st_mode
+    except FileNotFoundError:
+        return
+    if stat.S_ISLNK(mode):
+        raise RunFolderError(f"run folder {folder} is a symbolic link; refused (give the real folder)")
+    if not stat.S_ISDIR(mode):
+        raise RunFolderError(f"run folder {folder} exists and is not a folder")
+
+
+def _holder(fd: int) -> str:
+    """The pid written in a lock file, or ``?`` (its content is never echoed)."""
+    text = os.pread(fd, 32, 0).decode(errors="replace").strip()
+    return text if text.isdigit() and len(text) <= 10 else "?"
+
+
+def _open_lock(path: Path) -> int:
+    """Create ``path`` exclusively, or open the lock file already there (a regular file, no link)."""
+    try:
+        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    except FileExistsError:
+        return open_regular(path, os.O_RDWR)
+    except OSError as error:
+        if error.errno == errno.ELOOP:  # not expected with O_EXCL, but never follow a link
+            check_regular(path)
+        raise
+
+
 class FolderLock:
     """An exclusive lock on ``folder`` for the life of one process's run; ``release()`` removes it."""
 
@@ -41,13 +77,15 @@ class FolderLock:
         self.fd: int | None = None
 
     def acquire(self) -> None:
+        check_folder(self.path.parent)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        check_folder(self.path.parent)
         while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = _open_lock(self.path)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+                holder = _holder(fd)
                 os.close(fd)
                 raise RunFolderError(
                     f"{self.path.parent} is being written by another process (pid {holder}); "
@@ -60,7 +98,7 @@ class FolderLock:
             if same:
                 break
             os.close(fd)
-        previous = os.pread(fd, 32, 0).decode(errors="replace").strip()
+        previous = _holder(fd) if os.fstat(fd).st_size else ""
         if previous:
             print(
                 f"flatsam: taking over the lock of {self.path.parent} left by process {previous} "
@@ -89,7 +127,7 @@ def claim(folder: Path, *, resume: bool, overwrite: bool) -> FolderLock:
     lock = FolderLock(folder)
     lock.acquire()
     try:
-        present = [name for name in RUN_FILES if (folder / name).exists()]
+        present = [name for name in RUN_FILES if check_regular(folder / name)]
         if resume and CHECKPOINT not in present:
             if RESULT in present:
                 why = " (the run finished and its checkpoint was deleted)"
