@@ -39,6 +39,9 @@ CONFIG_HELP = {
     "device": "cpu, cuda, cuda:N or auto",
     "eval_batch_size": "batch size of the test evaluation",
     "eval_every": "evaluate on the test set every N epochs (and after the last)",
+    "val_fraction": "hold out this fraction of the training rows (stratified, seeded by --data-seed, with "
+    "the same label noise) as a validation split, evaluated every epoch; result.json then records the test "
+    "accuracy at the best-validation epoch (early_stopped_test_acc). 0 (default): no split",
     "eval_bn": "BatchNorm statistics of the evaluation: running (the training's moving average) or precise "
     "(recomputed over the training set for each evaluation, then put back; training is unchanged)",
     "task": "classify, or pose (SimCC keypoints; defaults: stickfigures, resnet8, Adam lr 1e-3, batch 64)",

@@ -25,6 +25,11 @@ TARGET_SLACK = 0.005
 MARGIN_STDS = 3.0
 #: … and this many points (as a fraction).
 MARGIN_MIN = 0.03
+#: A setting *decides* (the question a user asks: does SAM beat SGD when both are early-stopped on the
+#: validation split?) when SAM's early-stopped accuracy beats SGD's by at least this (points / 100) …
+DECIDES_MIN = 0.01
+#: … and by more than this many seed standard deviations (the larger of SAM's and SGD's).
+DECIDES_STDS = 3.0
 
 
 class Run(Protocol):
@@ -38,6 +43,28 @@ class Run(Protocol):
 def evaluated(run: Run) -> list[dict[str, Any]]:
     """The run's per-epoch rows that hold a test accuracy, in epoch order."""
     return [row for row in run.metrics if row.get("test_acc") is not None]
+
+
+def new_best(metrics: Sequence[dict[str, Any]], val_acc: float) -> bool:
+    """Whether ``val_acc`` beats the validation accuracy of every earlier row of ``metrics`` (strictly: on
+    a tie the earlier epoch stays the best)."""
+    earlier = [row["val_acc"] for row in metrics if row.get("val_acc") is not None]
+    return not earlier or val_acc > max(earlier)
+
+
+def early_stopping(metrics: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """What a user who early-stops on the validation split gets: the epoch of the best validation
+    accuracy (the first on a tie), that accuracy and the test accuracy at that epoch
+    (``early_stopped_test_acc``). Empty for a run without a validation split."""
+    rows = [row for row in metrics if row.get("val_acc") is not None]
+    if not rows:
+        return {}
+    best = max(rows, key=lambda row: row["val_acc"])  # max keeps the first of equal values
+    return {
+        "early_stopped_test_acc": best.get("test_acc"),
+        "best_val_acc": best["val_acc"],
+        "best_val_epoch": best["epoch"],
+    }
 
 
 def effective_samples(row: dict[str, Any]) -> float:
@@ -106,11 +133,30 @@ class Verdict:
     target: float | None = None
     sgd_time: float | None = None
     sgd_effective: float | None = None
+    sam_early: float | None = None  # mean early-stopped test accuracy (runs with a validation split)
+    sgd_early: float | None = None
+    early_margin: float | None = None
+    early_std: float | None = None  # the larger seed std of SAM's and SGD's early-stopped accuracies
 
     @property
     def decisive(self) -> bool:
         """SAM leads by more than the needed margin (never with fewer than two seeds of either)."""
         return self.margin is not None and self.margin_needed is not None and self.margin > self.margin_needed
+
+    @property
+    def decides(self) -> bool:
+        """SAM's early-stopped accuracy beats SGD's by ≥ ``DECIDES_MIN`` and by more than ``DECIDES_STDS``
+        seed standard deviations (never with fewer than two seeds of either)."""
+        if self.early_margin is None or self.early_std is None:
+            return False
+        return self.early_margin >= DECIDES_MIN - 1e-12 and self.early_margin > DECIDES_STDS * self.early_std
+
+
+def early_accuracies(runs: Sequence[Run]) -> list[float] | None:
+    """The early-stopped test accuracy of every run, or ``None`` when a run has none (no validation
+    split)."""
+    values = [run.result.get("early_stopped_test_acc") for run in runs]
+    return None if not values or None in values else [float(v) for v in values]
 
 
 def reference_label(groups: dict[str, Sequence[Run]], method: str) -> str | None:
@@ -145,7 +191,21 @@ def verdict(groups: dict[str, Sequence[Run]]) -> Verdict:
         if min(len(groups[sam]), len(groups[sgd])) >= 2:  # one seed has no spread to compare with
             spread = max(_std([r.result["final_test_acc"] for r in groups[k]]) for k in (sam, sgd))
             out.margin_needed = max(MARGIN_MIN, MARGIN_STDS * spread)
+    _early_verdict(out, groups)
     return out
+
+
+def _early_verdict(out: Verdict, groups: dict[str, Sequence[Run]]) -> None:
+    """Fill ``out``'s early-stopped figures where both reference groups have them."""
+    if out.sam_label is None or out.sgd_label is None:
+        return
+    sam, sgd = early_accuracies(groups[out.sam_label]), early_accuracies(groups[out.sgd_label])
+    if sam is None or sgd is None:
+        return
+    out.sam_early, out.sgd_early = statistics.fmean(sam), statistics.fmean(sgd)
+    out.early_margin = out.sam_early - out.sgd_early
+    if min(len(sam), len(sgd)) >= 2:
+        out.early_std = max(_std(sam), _std(sgd))
 
 
 def budgeted(label: str, runs: Sequence[Run], ref: Verdict) -> Budgeted:

@@ -124,6 +124,7 @@ class TrainConfig:
     eval_batch_size: int = 1000
     eval_every: int = 1
     eval_bn: str = "running"
+    val_fraction: float = 0.0
     run_dir: str = "runs/run"
     task: str = "classify"
     quantize: str | None = None
@@ -148,6 +149,8 @@ class TrainConfig:
             ("eval_batch_size", self.eval_batch_size >= 1, ">= 1"),
             ("eval_every", self.eval_every >= 1, ">= 1"),
             ("eval_bn", self.eval_bn in EVAL_BN, f"one of {EVAL_BN}"),
+            ("val_fraction", 0 <= self.val_fraction <= 0.5, "in [0, 0.5] (0: no validation split)"),
+            ("val_fraction", not self.val_fraction or self.task == "classify", "0 for the pose task"),
             ("optimizer", self.optimizer in ("sgd", "adam"), "'sgd' or 'adam'"),
             ("task", self.task in ("classify", "pose"), "'classify' or 'pose'"),
             ("quantize_init", self.quantize_init is None or bool(self.quantize), "unset without quantize"),

@@ -15,9 +15,11 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from flatsam.data import Augment, ImageData, normalize
+from flatsam.data.registry import child_seed as data_child_seed
+from flatsam.data.split import split_validation
 from flatsam.engine import SharpnessAware, StepInfo
 from flatsam.methods import build_method
-from flatsam.train import launch, loggers, records
+from flatsam.train import analysis, launch, loggers, records
 from flatsam.train.config import TrainConfig
 from flatsam.train.interrupts import DeferredInterrupt
 from flatsam.train.precise_bn import precise_bn
@@ -121,6 +123,8 @@ class Setup:
     test_y: torch.Tensor
     augment: Augment
     steps_per_epoch: int
+    val_x: torch.Tensor | None = None  # the validation split held out of the training rows (--val-fraction)
+    val_y: torch.Tensor | None = None
 
 
 def load_data(config: TrainConfig) -> ImageData:
@@ -165,6 +169,10 @@ def build(config: TrainConfig, data: ImageData | None = None) -> Setup:
     task = get_task(config)
     if data is None:
         data = task.load()
+    val = None
+    if config.val_fraction:
+        seed = data_child_seed(config.data_seed, "validation")
+        data, val = split_validation(data, config.val_fraction, seed)
     torch.manual_seed(config.seed)
     memory = torch.channels_last if config.channels_last else torch.contiguous_format
     model, params = build_model_for(config, task, data)
@@ -206,6 +214,8 @@ def build(config: TrainConfig, data: ImageData | None = None) -> Setup:
         data.test_y.to(device),
         augment,
         steps_per_epoch,
+        None if val is None else tensors(val.train_x),
+        None if val is None else val.train_y.to(device),
     )
 
 
@@ -432,15 +442,7 @@ class Run:
             "train_time",
         ):
             setattr(self.totals, key, getattr(self.totals, key) + getattr(e, key))
-        cfg = self.config
-        tested: dict[str, float | None] = {"test_loss": None, "test_acc": None}
-        if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
-            model = launch.unwrap(s.model)
-            precise = cfg.eval_bn == "precise"
-            with precise_bn(model, s.train_x, cfg.batch_size) if precise else contextlib.nullcontext():
-                model.eval()
-                tested = s.task.evaluate(model, s.test_x, s.test_y, s.data)
-                model.train()
+        tested = self._evaluate(epoch)
         row = {
             "epoch": epoch,
             **train_figures(e),
@@ -461,6 +463,29 @@ class Run:
         for logger in self.loggers:
             logger.log(self.metrics)
         return row
+
+    def _evaluate(self, epoch: int) -> dict[str, float | None]:
+        """Test metrics every ``eval_every`` epochs and after the last; with a validation split, its
+        ``val_loss``/``val_acc`` after every epoch, and the test metrics also at every epoch whose
+        validation accuracy beats all earlier ones, so the early-stopped test accuracy
+        (``analysis.early_stopping``) is always measured."""
+        s, cfg = self.setup, self.config
+        tested: dict[str, float | None] = {"test_loss": None, "test_acc": None}
+        scheduled = (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs
+        if s.val_x is None and not scheduled:
+            return tested
+        model = launch.unwrap(s.model)
+        precise = cfg.eval_bn == "precise"
+        with precise_bn(model, s.train_x, cfg.batch_size) if precise else contextlib.nullcontext():
+            model.eval()
+            if s.val_x is not None:
+                val = s.task.evaluate(model, s.val_x, s.val_y, s.data)
+                tested.update(val_loss=val["test_loss"], val_acc=val["test_acc"])
+                scheduled = scheduled or analysis.new_best(self.metrics, val["test_acc"])
+            if scheduled:
+                tested.update(s.task.evaluate(model, s.test_x, s.test_y, s.data))
+            model.train()
+        return tested
 
     def run(self, interrupt_at: tuple[int, int] | None = None) -> dict[str, Any]:
         """Train to the end, or stop on Ctrl-C/SIGTERM (or at ``interrupt_at = (epoch, batch)``, a simulated
@@ -560,6 +585,7 @@ class Run:
             "best_test_acc": max(m["test_acc"] for m in self.metrics if m["test_acc"] is not None),
             "final_test_loss": last["test_loss"],
             "final_train_acc": last["train_acc"],
+            **analysis.early_stopping(self.metrics),
             **{
                 f"final_{k}": v
                 for k, v in last.items()

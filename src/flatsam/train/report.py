@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from flatsam.train import analysis, records
+from flatsam.train import analysis, promise, records
 
 
 @dataclass
@@ -134,6 +134,10 @@ class Summary:
     ascent_fraction: float
     speedup_vs_sam: float | None = None
     speedup_vs_sgd: float | None = None
+    early_mean: float | None = None  # test accuracy at the best-validation epoch (runs with --val-fraction)
+    early_std: float | None = None
+    final_by_seed: str = ""  # "seed:accuracy" per run, ";"-separated (every seed shown)
+    early_by_seed: str = ""
 
 
 def _std(values: Sequence[float]) -> float:
@@ -166,8 +170,10 @@ def summarize(runs: Sequence[RunRecord]) -> list[Summary]:
                 statistics.fmean(r.result["ascent_fraction"] for r in members),
             )
         )
-    times = {row.label: row.time_mean for row in rows}
     groups = group(runs)
+    for row in rows:
+        _add_seeds(row, groups[row.label])
+    times = {row.label: row.time_mean for row in rows}
     sam, sgd = analysis.reference_label(groups, "sam"), analysis.reference_label(groups, "sgd")
     for row in rows:
         if sam is not None:
@@ -175,6 +181,22 @@ def summarize(runs: Sequence[RunRecord]) -> list[Summary]:
         if sgd is not None:
             row.speedup_vs_sgd = times[sgd] / row.time_mean
     return rows
+
+
+def _by_seed(members: Sequence[RunRecord], key: str) -> str:
+    return ";".join(
+        f"{r.result['seed']}:{'' if r.result.get(key) is None else round(100 * r.result[key], 2)}"
+        for r in members
+    )
+
+
+def _add_seeds(row: Summary, members: Sequence[RunRecord]) -> None:
+    """The early-stopped mean ± std (when every run has one) and the per-seed accuracies of ``row``."""
+    early = analysis.early_accuracies(members)
+    if early is not None:
+        row.early_mean, row.early_std = statistics.fmean(early), _std(early)
+    row.final_by_seed = _by_seed(members, "final_test_acc")
+    row.early_by_seed = _by_seed(members, "early_stopped_test_acc")
 
 
 def _ratio(value: float | None) -> str:
@@ -185,6 +207,7 @@ COLUMNS = [
     "method",
     "seeds",
     "test acc % (mean ± std)",
+    "early-stopped acc % (mean ± std)",
     "best acc %",
     "train time s",
     "speedup vs SAM",
@@ -201,6 +224,7 @@ def markdown_table(rows: Sequence[Summary]) -> str:
             escape(r.label),
             str(r.seeds),
             f"{100 * r.acc_mean:.2f} ± {100 * r.acc_std:.2f}",
+            "–" if r.early_mean is None else f"{100 * r.early_mean:.2f} ± {100 * (r.early_std or 0):.2f}",
             f"{100 * r.best_mean:.2f}",
             f"{r.time_mean:.1f}",
             _ratio(r.speedup_vs_sam),
@@ -266,6 +290,8 @@ def verdict_lines(ref: analysis.Verdict, rows: Sequence[analysis.Budgeted]) -> s
             f"- convergence drift (test-accuracy range over the last {100 * analysis.TAIL:g} % of epochs, "
             f"points, max over seeds): " + ", ".join(drifts)
         )
+    if ref.early_margin is not None:
+        lines.append(promise.decides_line(ref).rstrip("\n"))
     if ref.target is not None:
         lines.append(
             f"- target (SAM's final accuracy − {100 * analysis.TARGET_SLACK:g}): {100 * ref.target:.2f} %"
@@ -376,9 +402,20 @@ def plot_accuracy_vs_cost(
         _reference_lines(ax, ref.target, 1.0 if ref.sgd_effective is not None else None, "SGD's cost")
     for r in rows:
         x = whole[r.label] if use_whole else r.cost_mean
-        ax.errorbar(x, 100 * r.acc_mean, yerr=100 * r.acc_std, fmt="o", capsize=3, label=r.label)
+        (line, *_) = ax.errorbar(x, 100 * r.acc_mean, yerr=100 * r.acc_std, fmt="o", capsize=3, label=r.label)
+        if r.early_mean is not None:  # early-stopped: a hollow marker of the same colour
+            ax.errorbar(
+                x,
+                100 * r.early_mean,
+                yerr=100 * (r.early_std or 0),
+                fmt="s",
+                mfc="none",
+                capsize=3,
+                color=line.get_color(),
+            )
         ax.annotate(r.label, (x, 100 * r.acc_mean), textcoords="offset points", xytext=(5, 4), fontsize=8)
     ax.margins(x=0.12, y=0.08)
+    early = any(r.early_mean is not None for r in rows)
     what = "whole run, ÷ SGD's run" if use_whole else "per training sample, ×SGD"
     return _finish(
         plt,
@@ -386,7 +423,7 @@ def plot_accuracy_vs_cost(
         ax,
         path,
         f"effective cost (forward + 2·backward samples; {what})",
-        "final test accuracy (%)",
+        "test accuracy (%): ● final, □ early-stopped" if early else "final test accuracy (%)",
         "Accuracy against cost (mean ± std over seeds)",
         legend=False,
     )
@@ -407,6 +444,7 @@ def describe_setup(runs: Sequence[RunRecord]) -> str:
         "dataset",
         "subset",
         "label_noise",
+        "val_fraction",
         "model",
         "epochs",
         "batch_size",
@@ -460,6 +498,7 @@ def write_report(
         "Speedups are ratios of mean training wall-clock measured in this set of runs (evaluation "
         "excluded); effective cost counts samples through forward and backward (a backward weighs two "
         "forwards) relative to SGD.\n\n",
+        promise.section(groups, ref),
         "## At equal budgets\n\n",
         budget_table(budget),
         "\n",
