@@ -18,6 +18,8 @@ from flatsam.methods import (
     build_method,
     method_info,
 )
+from flatsam.methods.gsam import GSAM, GSAMPerturbation
+from flatsam.methods.saf import MESA, SAF
 from flatsam.methods.sampled import ESAM, KSAM, InfoBatchSAM, MicroBatchSAM, MSharpnessSAM, UniformSAM
 from flatsam.methods.scheduled import AESAM, ARSAM, SSSAM, AELookSAM, LookSAM
 from flatsam.perturbation import (
@@ -68,6 +70,9 @@ __all__ = [
     "MSharpnessSAM",
     "UniformSAM",
     "InfoBatchSAM",
+    "GSAM",
+    "SAF",
+    "MESA",
     "Composed",
     "METHODS",
     "MethodInfo",
@@ -96,6 +101,7 @@ __all__ = [
     "ASAMPerturbation",
     "StochasticWeightPerturbation",
     "NoisySAMPerturbation",
+    "GSAMPerturbation",
     "Reuse",
     "NoReuse",
     "LookSAMReuse",

@@ -5,7 +5,7 @@ first, so that listings start with them)."""
 from flatsam.methods.registry import METHODS, Default, MethodInfo, build_method, method_info, register
 from flatsam.methods.classic import ASAM, SAM, SGD
 from flatsam.methods.ausam import AUSAM
-from flatsam.methods import sampled, scheduled, custom  # noqa: F401  (they register their presets)
+from flatsam.methods import sampled, scheduled, gsam, saf, custom  # noqa: F401  (they register their presets)
 from flatsam.methods.custom import Composed
 
 __all__ = [
