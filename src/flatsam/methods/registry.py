@@ -135,7 +135,7 @@ def check_overrides(info: MethodInfo, overrides: dict[str, Any], base_optimizer:
     base_keys = set(inspect.signature(base.__init__).parameters) - {"self", "params"}
     for key, value in overrides.items():
         if info.name == "custom" and "." in key:
-            _check_value(f"option {key}", value, None)  # the component checks the name
+            _check_value(f"option {key}", value, None)  # the component checks the name and type
             continue
         if key not in valid:
             if key in base_keys:
@@ -148,13 +148,70 @@ def check_overrides(info: MethodInfo, overrides: dict[str, Any], base_optimizer:
             hint = f"did you mean {' or '.join(map(repr, near))}? " if near else ""
             raise ValueError(f"method {info.name!r} has no option {key!r}; {hint}valid: {', '.join(valid)}")
         default = valid[key].default
-        _check_value(f"option {key}", value, None if default is inspect.Parameter.empty else default)
+        _check_value(
+            f"option {key}",
+            value,
+            None if default is inspect.Parameter.empty else default,
+            str(valid[key].annotation),
+        )
 
 
-def _check_value(name: str, value: Any, default: Any) -> None:
-    """``value`` finite if a number, and of the kind of ``default`` (bool, number or string) if given."""
+#: Annotation words an option's value is checked against when its default (``None``) does not say.
+_ANNOTATED: dict[str, tuple[type, ...]] = {
+    "bool": (bool,),
+    "int": (int,),
+    "float": (int, float),
+    "str": (str,),
+    "None": (type(None),),
+    "torch.device": (str, torch.device),
+}
+#: Seeds are 64-bit: torch's generators take at most 2**64 - 1; flatsam derives seed + 1 from some.
+MAX_SEED = 2**63 - 2
+
+
+def _annotated_kind(annotation: str) -> tuple[type, ...] | None:
+    """The types an annotation such as ``"float | None"`` admits (``None`` when it names others)."""
+    kinds: tuple[type, ...] = ()
+    for word in (part.strip() for part in annotation.split("|")):
+        if word not in _ANNOTATED:
+            return None
+        kinds += _ANNOTATED[word]
+    return kinds or None
+
+
+def _check_special(name: str, value: Any) -> None:
+    """Seeds within torch's range; device names that torch parses and that are present."""
+    key = name.rsplit(".", 1)[-1].removeprefix("option ")
+    if value is None:
+        return
+    seed = key == "seed" or key.endswith("_seed")
+    if seed and (not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_SEED):
+        raise ValueError(f"{name} must be an integer in [0, {MAX_SEED}] or none, got {value!r}")
+    if key == "device" or key.endswith("_device"):
+        try:
+            device = torch.device(value)
+        except (RuntimeError, TypeError):
+            raise ValueError(
+                f"{name} must be a device name (cpu, cuda, cuda:N) or none, got {value!r}"
+            ) from None
+        if device.type == "cuda" and not (
+            torch.cuda.is_available() and (device.index or 0) < torch.cuda.device_count()
+        ):
+            raise ValueError(f"{name}: device {value!r} is not available here; use cpu or none")
+
+
+def _check_value(name: str, value: Any, default: Any, annotation: str = "") -> None:
+    """``value`` finite if a number, of the kind of ``default`` (bool, number or string) if given, else of
+    the option's annotation (``bool | None``, ``float | None``, …); seeds and devices: ``_check_special``."""
     if isinstance(value, float) and not math.isfinite(value):
         raise ValueError(f"{name} must be a finite number, got {value}")
+    _check_special(name, value)
+    annotated = _annotated_kind(annotation) if default is None else None
+    if annotated is not None and (
+        not isinstance(value, annotated) or (isinstance(value, bool) and bool not in annotated)
+    ):
+        words = " or ".join(w.strip().replace("None", "none") for w in annotation.split("|"))
+        raise ValueError(f"{name} must be {words}, got {value!r}")
     if isinstance(default, bool):
         ok, kind = isinstance(value, bool), "true or false"
     elif isinstance(default, int | float):

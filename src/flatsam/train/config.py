@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import math
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,6 +56,8 @@ class MethodSpec:
         head, _, rest = text.partition(":")
         if "=" in head:
             label, _, head = head.partition("=")
+        if not head.strip():
+            raise ValueError(f"method spec {text!r} names no method; see `flatsam methods` for the names")
         items = [part.strip() for part in rest.split(",") if part.strip()]
         return cls(head.strip(), parse_options(items, repr(text)), label.strip() or text.strip())
 
@@ -62,7 +65,17 @@ class MethodSpec:
         return self.label or self.name
 
 
-_KINDS: dict[str, tuple[type, ...]] = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,)}
+_KINDS: dict[str, tuple[type, ...]] = {
+    "int": (int,),
+    "float": (int, float),
+    "bool": (bool,),
+    "str": (str,),
+    "dict[str, Any]": (dict,),
+}
+_ARTICLE = {"int": "an int", "dict[str, Any]": "a JSON object (dict)"}
+
+#: Seeds are 64-bit: torch.manual_seed takes at most 2**64 - 1; flatsam's child seeds stay below 2**63.
+MAX_SEED = 2**63 - 1
 
 
 def check_type(name: str, value: Any, annotation: str) -> None:
@@ -75,7 +88,7 @@ def check_type(name: str, value: Any, annotation: str) -> None:
     if allowed is None:
         return
     if not isinstance(value, allowed) or (isinstance(value, bool) and kind != "bool"):
-        raise ValueError(f"{name} must be {'an' if kind == 'int' else 'a'} {kind}, got {value!r}")
+        raise ValueError(f"{name} must be {_ARTICLE.get(kind, 'a ' + kind)}, got {value!r}")
     if isinstance(value, float) and not math.isfinite(value):
         raise ValueError(f"{name} must be a finite number, got {value}")
 
@@ -88,6 +101,35 @@ def valid_device(name: str) -> bool:
         return torch.device(name).type in ("cpu", "cuda")
     except (RuntimeError, TypeError):
         return False
+
+
+def memory_bytes() -> int | None:
+    """This machine's physical memory in bytes (``None`` where the system does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def pose_memory_floor(size: int, split: float, subset: int | None) -> int:
+    """A lower bound on the bytes a pose run needs: its images at one byte per pixel value (``subset``
+    or 4,000 training images and 1,000 test images, 3 channels) and the SimCC head's two linear layers
+    with their gradients (``size·split`` bins each, fed by a feature map of at least ``(size/32)²``)."""
+    images = ((subset or 4000) + 1000) * 3 * size * size
+    features = max(1, (size // 32) ** 2)
+    head = 2 * features * int(size * split) * 4 * 2
+    return images + head
+
+
+def check_pose_memory(size: int, split: float, subset: int | None) -> None:
+    """Refuse a pose setting whose :func:`pose_memory_floor` exceeds this machine's memory."""
+    need, have = pose_memory_floor(size, split, subset), memory_bytes()
+    if have is not None and need > have:
+        raise ValueError(
+            f"pose_size {size} with simcc_split {split:g} needs at least {need / 2**30:,.0f} GiB (images and "
+            f"SimCC head), more than this machine's {have / 2**30:,.0f} GiB; use a smaller --pose-size or "
+            "--simcc-split"
+        )
 
 
 @dataclass
@@ -138,6 +180,8 @@ class TrainConfig:
     log: str | None = None
 
     def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):  # types first: the range checks below compare numbers
+            check_type(f.name, getattr(self, f.name), str(f.type))
         checks = [
             ("epochs", self.epochs >= 1, ">= 1"),
             ("batch_size", self.batch_size >= 1, ">= 1"),
@@ -161,12 +205,15 @@ class TrainConfig:
             ("device", valid_device(self.device), "cpu, cuda, cuda:N or auto"),
             ("amp", self.amp in (None, "bf16", "fp16"), "'bf16', 'fp16' or unset"),
             ("accumulate", self.accumulate >= 1, ">= 1"),
+            ("seed", 0 <= self.seed <= MAX_SEED, f"in [0, {MAX_SEED}] (2**63 - 1)"),
+            ("data_seed", 0 <= self.data_seed <= MAX_SEED, f"in [0, {MAX_SEED}] (2**63 - 1)"),
+            ("simcc_split", self.pose_size * self.simcc_split >= 1, ">= 1 / pose_size (at least one bin)"),
         ]
-        for f in dataclasses.fields(self):
-            check_type(f.name, getattr(self, f.name), str(f.type))
         for name, ok, valid in checks:
             if not ok:
                 raise ValueError(f"{name} must be {valid}, got {getattr(self, name)!r}")
+        if self.task == "pose":
+            check_pose_memory(self.pose_size, self.simcc_split, self.subset)
         from flatsam.train.loggers import parse
 
         parse(self.log)

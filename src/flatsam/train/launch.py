@@ -22,6 +22,7 @@ from torch import nn
 
 from flatsam.distributed import world_size
 from flatsam.safe_load import digest
+from flatsam.train.totals import SUMMED, Totals
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -139,16 +140,19 @@ def grad_scaler(amp: str | None, device: torch.device) -> torch.amp.GradScaler |
     return torch.amp.GradScaler(device.type) if amp == "fp16" else None
 
 
-#: counters of an epoch's ``Totals`` that add up over the ranks (steps and times are each rank's own)
-SUMMED = ("samples", "forward_samples", "backward_samples", "loss_sum", "correct", "seen", "batch_rows")
-
-
-def sync_epoch(totals: Any, model: nn.Module, device: torch.device) -> None:
-    """At an epoch's end: sum ``totals``' row counters over the ranks, and give every rank rank 0's
-    buffers (BatchNorm running statistics, which each rank updates from its own rows)."""
+def sum_counters(totals: Totals, device: torch.device) -> None:
+    """Sum ``totals``' row counters (``flatsam.train.totals.SUMMED``) over the ranks, in place."""
     if world_size() == 1:
         return
     for name, value in zip(SUMMED, all_sum([getattr(totals, n) for n in SUMMED], device), strict=True):
         setattr(totals, name, type(getattr(totals, name))(value))
+
+
+def sync_epoch(totals: Totals, model: nn.Module, device: torch.device) -> None:
+    """At an epoch's end: sum ``totals``' row counters over the ranks, and give every rank rank 0's
+    buffers (BatchNorm running statistics, which each rank updates from its own rows)."""
+    if world_size() == 1:
+        return
+    sum_counters(totals, device)
     for buffer in unwrap(model).buffers():
         dist.broadcast(buffer, 0)

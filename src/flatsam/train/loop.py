@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import signal
 import time
@@ -23,8 +24,10 @@ from flatsam.train import analysis, launch, loggers, records
 from flatsam.train.config import TrainConfig
 from flatsam.train.interrupts import DeferredInterrupt
 from flatsam.train.precise_bn import precise_bn
+from flatsam.train.progress import bar_figures, epoch_line
 from flatsam.train.rundir import claim
 from flatsam.train.tasks import Task, build_model_for, classification_metrics, get_task
+from flatsam.train.totals import Totals
 
 
 def resolve_device(name: str) -> torch.device:
@@ -56,39 +59,6 @@ def child_seed(*parts: int) -> int:
     for part in parts:
         seed = (seed * 1_000_003 + int(part) + 1) % (2**63 - 1)
     return seed
-
-
-@dataclass
-class Totals:
-    """Counters of a run (cumulative) or an epoch; plain numbers so they go into checkpoints."""
-
-    steps: int = 0
-    ascents: int = 0
-    skipped: int = 0
-    samples: int = 0  # rows in the batches (what SGD would process once)
-    forward_samples: int = 0
-    backward_samples: int = 0
-    train_time: float = 0.0
-    loss_sum: float = 0.0  # per-sample losses, accuracy and rows of the steps' first forwards
-    correct: int = 0
-    seen: int = 0
-    batch_rows: int = 0  # rows of the batches of those steps
-
-    def add(self, info: StepInfo) -> None:
-        self.steps += 1
-        self.ascents += int(info.ascent)
-        self.skipped += int(info.skipped)
-        self.samples += info.batch_size
-        self.forward_samples += info.forward_samples
-        self.backward_samples += info.backward_samples
-
-    @property
-    def cost(self) -> float:
-        """Samples through forward + 2× backward, relative to SGD (1 forward + 1 backward per row)."""
-        return (self.forward_samples + 2 * self.backward_samples) / max(1, 3 * self.samples)
-
-    def as_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
 
 
 def train_figures(e: Totals) -> dict[str, Any]:
@@ -160,6 +130,43 @@ def check_method(config: TrainConfig) -> None:
     )
 
 
+def check_splits(data: ImageData, config: TrainConfig) -> None:
+    """A run needs training and test rows: an empty split is a ``ValueError`` before any step."""
+    for split, rows in (("training", len(data.train_y)), ("test", len(data.test_y))):
+        if rows == 0:
+            where = f" in {config.data_dir}" if config.data_dir else ""
+            raise ValueError(f"dataset {config.dataset!r}{where} has no {split} images; nothing was trained")
+
+
+#: A run fails (non-zero exit, after writing ``result.json``) when more than this fraction of its steps
+#: were skipped for non-finite losses or gradients: it did not train.
+MAX_SKIPPED_FRACTION = 0.5
+
+
+class RunFailed(ValueError):
+    """A run that ended without training: no step, (almost) every step skipped, or a non-finite result."""
+
+
+def failure(totals: Totals, result: dict[str, Any]) -> str | None:
+    """Why a finished run did not train (``None`` when it did)."""
+    if totals.steps == 0:
+        return "it trained 0 steps"
+    if totals.skipped > MAX_SKIPPED_FRACTION * totals.steps:
+        return (
+            f"{totals.skipped} of {totals.steps} steps were skipped for non-finite losses or gradients "
+            "(lower --lr or rho, or use --amp bf16)"
+        )
+    figures = ("final_test_acc", "final_test_loss", "final_train_acc", "cost")
+    bad = [k for k in figures if not _finite(result.get(k))]
+    if bad:
+        return f"its {', '.join(bad)} {'is' if len(bad) == 1 else 'are'} not finite (the weights diverged)"
+    return None
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, int | float) and math.isfinite(value)
+
+
 def build(config: TrainConfig, data: ImageData | None = None) -> Setup:
     """Data, model, optimizer (the method with its base optimizer) and LR schedule of a run."""
     device = launch.device_for_rank(resolve_device(config.device))
@@ -173,6 +180,7 @@ def build(config: TrainConfig, data: ImageData | None = None) -> Setup:
     if config.val_fraction:
         seed = data_child_seed(config.data_seed, "validation")
         data, val = split_validation(data, config.val_fraction, seed)
+    check_splits(data, config)
     torch.manual_seed(config.seed)
     memory = torch.channels_last if config.channels_last else torch.contiguous_format
     model, params = build_model_for(config, task, data)
@@ -262,8 +270,10 @@ class Run:
         progress: bool = True,
         data: ImageData | None = None,
         keep_checkpoint: bool = True,
+        epoch_lines: bool = False,
     ) -> None:
         self.config, self.progress, self.keep_checkpoint = config, progress, keep_checkpoint
+        self.epoch_lines = epoch_lines  # one line per epoch on stdout (rank 0), with or without the bar
         self.dir = Path(config.run_dir)
         self.main = launch.is_main()  # rank 0 claims the folder, writes the files and draws the progress bar
         self._lock = claim(self.dir, resume=resume, overwrite=overwrite) if self.main else None
@@ -271,6 +281,8 @@ class Run:
         try:
             checkpoint = self.dir / records.CHECKPOINT
             state = records.load_checkpoint(checkpoint) if resume else None
+            if state is not None:
+                self._check_resumable(state)  # before any data is loaded
             self.setup = build(config, data)
             self.totals = Totals()
             self.epoch = self.batch = 0
@@ -290,19 +302,20 @@ class Run:
                 names, label = loggers.parse(config.log), config.label or config.method
                 self.loggers = loggers.open_loggers(names, self.dir, config.to_dict(), label)
         except BaseException:
-            self.close()
+            self.close(discard_empty=True)
             raise
 
-    def close(self) -> None:
-        """Close the loggers and release the run folder (done by ``run`` when it returns or raises)."""
+    def close(self, discard_empty: bool = False) -> None:
+        """Close the loggers and release the run folder (done by ``run`` when it returns or raises);
+        ``discard_empty``: remove the folder too if this run created it and nothing was written."""
         for logger in self.loggers:
             logger.close()
         self.loggers = []
         if self._lock is not None:
-            self._lock.release()
+            self._lock.release(discard_empty=discard_empty)
 
     # -- checkpoints ----------------------------------------------------------------------------------
-    def _state(self) -> dict[str, Any]:
+    def _state(self, epoch_totals: Totals) -> dict[str, Any]:
         s = self.setup
         return {
             "config": records.plain_config(self.config.to_dict()),
@@ -314,24 +327,31 @@ class Run:
             "optimizer": s.optimizer.state_dict(),
             "scheduler": s.scheduler.state_dict(),
             "totals": self.totals.as_dict(),
-            "epoch_totals": self.epoch_totals.as_dict(),
+            "epoch_totals": epoch_totals.as_dict(),
             "metrics": self.metrics,
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if s.device.type == "cuda" else None,
         }
 
-    def _load(self, state: dict[str, Any], path: Path) -> None:
+    def _check_resumable(self, state: dict[str, Any]) -> None:
+        """The checkpoint was made with this configuration (but for ``RESUME_MAY_CHANGE``) and as many
+        processes; checked before any data is loaded."""
         saved = {k: v for k, v in state["config"].items() if k not in RESUME_MAY_CHANGE}
         current = records.plain_config(self.config.to_dict())
         changed = sorted(k for k in saved if saved[k] != current.get(k))
         if changed:
-            raise ValueError(f"cannot resume {self.dir}: the checkpoint was made with different {changed}")
+            raise ValueError(
+                f"cannot resume {self.dir}: the checkpoint was made with different {changed} (was "
+                f"{records.CONFIG} edited?)"
+            )
         processes = state.get("processes", 1)
         if processes != launch.world_size():
             raise ValueError(
                 f"cannot resume {self.dir} with {launch.world_size()} process(es): it was trained with "
                 f"{processes}"
             )
+
+    def _load(self, state: dict[str, Any], path: Path) -> None:
         s = self.setup
         try:
             launch.unwrap(s.model).load_state_dict(state["model"])
@@ -339,11 +359,12 @@ class Run:
             s.scheduler.load_state_dict(state["scheduler"])
             if self.scaler is not None and state.get("scaler") is not None:
                 self.scaler.load_state_dict(state["scaler"])
-            self.totals, self.epoch_totals = Totals(**state["totals"]), Totals(**state["epoch_totals"])
+            self.totals = Totals.from_dict(state["totals"], "totals")
+            self.epoch_totals = Totals.from_dict(state["epoch_totals"], "epoch_totals")
         except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as error:
             detail = " ".join(str(error).split())[:300]
             raise records.CheckpointError(f"checkpoint {path} does not fit this run: {detail}") from None
-        if not self.main:  # rank 0's part of an interrupted epoch is counted once, by rank 0
+        if not self.main:  # every rank's part of an interrupted epoch was saved, summed, by rank 0
             self.epoch_totals = Totals()
         self.epoch, self.batch = state["epoch"], state["batch"]
         self.metrics = state["metrics"]
@@ -354,8 +375,12 @@ class Run:
             records.write_jsonl(self.dir / records.METRICS, self.metrics)  # drop lines past the checkpoint
 
     def _save(self) -> None:
+        epoch_totals = self.epoch_totals
+        if self.batch and launch.world_size() > 1:  # mid-epoch: every rank's rows so far, kept by rank 0
+            epoch_totals = dataclasses.replace(epoch_totals)
+            launch.sum_counters(epoch_totals, self.setup.device)
         if self.main:
-            records.save_checkpoint(self.dir / records.CHECKPOINT, self._state())
+            records.save_checkpoint(self.dir / records.CHECKPOINT, self._state(epoch_totals))
 
     # -- training -------------------------------------------------------------------------------------
     def _step(self, epoch: int, batch: int) -> StepInfo:
@@ -432,16 +457,7 @@ class Run:
     def _finish_epoch(self, epoch: int) -> dict[str, Any]:
         s, e = self.setup, self.epoch_totals
         launch.sync_epoch(e, s.model, s.device)  # totals over the ranks, rank 0's BatchNorm statistics
-        for key in (
-            "steps",
-            "ascents",
-            "skipped",
-            "samples",
-            "forward_samples",
-            "backward_samples",
-            "train_time",
-        ):
-            setattr(self.totals, key, getattr(self.totals, key) + getattr(e, key))
+        self.totals.accumulate(e)
         tested = self._evaluate(epoch)
         row = {
             "epoch": epoch,
@@ -517,6 +533,13 @@ class Run:
                         f"{checkpoint}; continue with --resume",
                         stop.received or signal.SIGINT,
                     ) from None
+                if stop.received is not None:  # during the last evaluation: stop with a checkpoint too
+                    self._save()
+                    raise Interrupted(
+                        f"interrupted after the last epoch, before {records.RESULT} was written; checkpoint "
+                        f"saved to {checkpoint}; finish with --resume",
+                        stop.received,
+                    )
                 result = self._result()
         except KeyboardInterrupt:
             if checkpoint.exists():
@@ -546,29 +569,27 @@ class Run:
                         stop.request()
                     if stop.received is not None:
                         raise _Stop
-                    info = self._step(self.epoch, self.batch)
+                    self._step(self.epoch, self.batch)
                     self.batch += 1
+                    if not bar.disable:
+                        self._show(bar, time.perf_counter() - start)
                     bar.update(1)
-                    if self.progress and self.batch % 10 == 0:
-                        self._show(bar, info, time.perf_counter() - start)
             finally:
                 self._sync()
                 self.epoch_totals.train_time += time.perf_counter() - start
-            self._finish_epoch(self.epoch)
+            row = self._finish_epoch(self.epoch)
+            if self.epoch_lines and self.main:
+                tqdm.write(epoch_line(row, cfg.epochs))
             self.epoch, self.batch, self.epoch_totals = self.epoch + 1, 0, Totals()
             self._save()
 
-    def _show(self, bar: tqdm, info: StepInfo, elapsed: float) -> None:
-        """Loss, running train accuracy, throughput and the last test accuracy on the progress bar."""
+    def _show(self, bar: tqdm, elapsed: float) -> None:
+        """The epoch's running loss and train accuracy, throughput and the last test accuracy on the bar
+        (drawn at the bar's own pace: no refresh here)."""
         e = self.epoch_totals
         test = next((m["test_acc"] for m in reversed(self.metrics) if m["test_acc"] is not None), None)
-        bar.set_postfix(
-            epoch=self.epoch,
-            loss=f"{info.loss:.3f}",
-            acc=f"{e.correct / max(1, e.seen):.3f}",
-            img_s=f"{e.samples / max(elapsed, 1e-9):.0f}",
-            test="-" if test is None else f"{test:.3f}",
-        )
+        figures = bar_figures(self.epoch, e.loss_sum, e.correct, e.seen, e.samples, elapsed, test)
+        bar.set_postfix(figures, refresh=False)
 
     def _sync(self) -> None:
         if self.setup.device.type == "cuda":
@@ -605,6 +626,9 @@ class Run:
         }
         if self.main:
             records.write_json(self.dir / records.RESULT, result)
+        why = failure(t, result)
+        if why is not None:
+            raise RunFailed(f"run {self.dir} failed: {why}; {records.RESULT} records it")
         return result
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import os
 import statistics
 import sys
 from collections.abc import Iterable, Sequence
@@ -30,7 +31,8 @@ class RunRecord:
         return self.result.get("label") or self.result["method"]
 
 
-#: What ``result.json`` must hold for a report, and of what type (numbers must also be finite).
+#: What ``result.json`` must hold for a report, of what type (numbers must also be finite) and, where
+#: it is bounded, in which closed range.
 RESULT_FIELDS: dict[str, type | tuple[type, ...]] = {
     "method": str,
     "seed": int,
@@ -40,6 +42,12 @@ RESULT_FIELDS: dict[str, type | tuple[type, ...]] = {
     "cost": (int, float),
     "ascent_fraction": (int, float),
 }
+RESULT_RANGES: dict[str, tuple[float, float]] = {
+    "final_test_acc": (0.0, 1.0),
+    "best_test_acc": (0.0, 1.0),
+    "cost": (0.0, math.inf),
+    "ascent_fraction": (0.0, 1.0),
+}
 #: What every row of ``metrics.jsonl`` must hold (``test_acc`` may be null between evaluations).
 METRIC_FIELDS = ("epoch", "train_time", "forward_samples", "backward_samples", "test_acc")
 
@@ -48,31 +56,48 @@ def _number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def load_run(folder: Path) -> RunRecord:
-    """One finished run folder, checked: a ``ValueError`` says what is wrong with which file."""
-    saved = records.read_json(folder / records.CONFIG) if (folder / records.CONFIG).exists() else {}
-    result = records.read_json(folder / records.RESULT)
-    metrics = records.read_jsonl(folder / records.METRICS)
-    if not isinstance(saved, dict) or not isinstance(saved.get("config", {}), dict):
-        raise ValueError(f"{folder / records.CONFIG}: not a run configuration")
+def _check_result(path: Path, result: Any) -> None:
+    """``result.json``'s fields of the right types and within their ranges, else a ``ValueError``."""
     if not isinstance(result, dict):
-        raise ValueError(f"{folder / records.RESULT}: not a JSON object")
+        raise ValueError(f"{path}: not a JSON object")
     for key, kind in RESULT_FIELDS.items():
         value = result.get(key)
         if not isinstance(value, kind) or isinstance(value, bool) or (kind is not str and not _number(value)):
-            raise ValueError(f"{folder / records.RESULT}: {key} is {value!r}")
+            raise ValueError(f"{path}: {key} is {records.shown(repr(value))}")
+        low, high = RESULT_RANGES.get(key, (-math.inf, math.inf))
+        if kind is not str and not low <= value <= high:
+            raise ValueError(f"{path}: {key} is {value!r}, outside [{low:g}, {high:g}]")
+    if result["train_time"] <= 0:
+        raise ValueError(f"{path}: train_time is {result['train_time']!r}")
     if not isinstance(result.get("label", ""), str):
-        raise ValueError(f"{folder / records.RESULT}: label is not a string")
+        raise ValueError(f"{path}: label is not a string")
+
+
+def _check_metrics(path: Path, metrics: list[Any]) -> None:
     if not metrics or not all(isinstance(row, dict) for row in metrics):
-        raise ValueError(f"{folder / records.METRICS}: no per-epoch rows")
+        raise ValueError(f"{path}: no per-epoch rows")
     for row in metrics:
         bad = [
             k for k in METRIC_FIELDS if not (_number(row.get(k)) or (k == "test_acc" and row.get(k) is None))
         ]
-        if bad:
-            raise ValueError(f"{folder / records.METRICS}: epoch row without valid {bad}")
-    if result["train_time"] <= 0:
-        raise ValueError(f"{folder / records.RESULT}: train_time is {result['train_time']!r}")
+        if bad or not 0 <= (row["test_acc"] or 0) <= 1:
+            raise ValueError(f"{path}: epoch row without valid {bad or ['test_acc']}")
+
+
+def load_run(folder: Path) -> RunRecord:
+    """One finished run folder, checked: a ``ValueError`` says what is wrong with which file. Files are
+    read as ``records`` reads them (no links, FIFOs or devices; bounded size)."""
+    config_path = folder / records.CONFIG
+    saved = records.read_json(config_path) if records.check_regular(config_path) else {}
+    result = records.read_json(folder / records.RESULT)
+    metrics = records.read_jsonl(folder / records.METRICS)
+    if not isinstance(saved, dict):
+        raise ValueError(f"{config_path}: not a run configuration")
+    for key in ("config", "environment"):
+        if not isinstance(saved.get(key, {}), dict):
+            raise ValueError(f"{config_path}: {key!r} is not a JSON object")
+    _check_result(folder / records.RESULT, result)
+    _check_metrics(folder / records.METRICS, metrics)
     return RunRecord(folder, saved.get("config", {}), saved.get("environment", {}), result, metrics)
 
 
@@ -90,13 +115,13 @@ def find_runs(paths: Iterable[str | Path]) -> list[RunRecord]:
         for result in sorted(root.rglob(records.RESULT)):
             try:
                 found.append(load_run(result.parent))
-            except (ValueError, OSError, RecursionError, UnicodeDecodeError) as error:
-                text = " ".join(str(error).split())[:200]
+            except (ValueError, OSError, RecursionError) as error:
+                text = records.shown(" ".join(str(error).split()), 200)
                 skipped.append(text if str(result.parent) in text else f"{result}: {text}")
         unfinished += [
             str(c.parent)
             for c in sorted(root.rglob(records.CONFIG))
-            if not (c.parent / records.RESULT).exists()
+            if not os.path.lexists(c.parent / records.RESULT)
         ]
     if unfinished:
         print(
@@ -109,6 +134,43 @@ def find_runs(paths: Iterable[str | Path]) -> list[RunRecord]:
             f"no finished runs (folders with a valid {records.RESULT}) under {list(map(str, paths))}"
         )
     return found
+
+
+def is_run_folder(folder: Path) -> bool:
+    """``folder`` holds a run (its ``config.json`` or ``result.json``)."""
+    return (folder / records.CONFIG).exists() or (folder / records.RESULT).exists()
+
+
+def report_folder(paths: Sequence[str | Path], out: str | Path | None = None) -> Path:
+    """Where ``flatsam report PATHS`` writes: ``out`` when given; else the first path when it is a folder
+    of runs (a benchmark's), else beside the run folders: ``PARENT/NAME-report`` for one run,
+    ``PARENT/report`` for several. Never inside a run folder: that is a ``ValueError`` naming it."""
+    first = Path(paths[0])
+    if out is not None:
+        folder = Path(out)
+    elif not is_run_folder(first):
+        folder = first
+    else:
+        run = first.resolve()
+        folder = run.parent / (f"{run.name}-report" if len(paths) == 1 else "report")
+    resolved = folder.resolve()
+    for level in (resolved, *resolved.parents):
+        if is_run_folder(level):
+            raise ValueError(
+                f"--out {folder} is inside the run folder {level}; a report goes beside run folders, "
+                "never into one (leave --out out to write beside it)"
+            )
+    return folder
+
+
+def seeds_phrase(counts: Iterable[int], spread: str) -> str:
+    """What a plot's figures are, from each method's number of seeds: "1 seed" when every method has one
+    (there is no spread to draw), else "mean over 3 seeds" (or "1–3 seeds") followed by ``spread``."""
+    found = sorted(set(counts))
+    if found[-1] == 1:
+        return "1 seed"
+    seeds = f"{found[0]}–{found[-1]}" if len(found) > 1 else str(found[0])
+    return f"mean over {seeds} seeds{spread}"
 
 
 def escape(text: Any) -> str:
@@ -145,9 +207,15 @@ def _std(values: Sequence[float]) -> float:
 
 
 def group(runs: Sequence[RunRecord]) -> dict[str, list[RunRecord]]:
+    """Runs by label; runs of different methods under one label are never averaged together: each
+    method's runs become their own group, ``"label [method]"``."""
+    methods: dict[str, set[str]] = {}
+    for run in runs:
+        methods.setdefault(run.label, set()).add(run.result["method"])
     groups: dict[str, list[RunRecord]] = {}
     for run in runs:
-        groups.setdefault(run.label, []).append(run)
+        key = run.label if len(methods[run.label]) == 1 else f"{run.label} [{run.result['method']}]"
+        groups.setdefault(key, []).append(run)
     return groups
 
 
@@ -382,7 +450,7 @@ def plot_accuracy_vs_time(runs: Sequence[RunRecord], path: Path, ref: analysis.V
         path,
         "training wall-clock (s)",
         "test accuracy (%)",
-        "Test accuracy against training time (mean over seeds, band = min–max)",
+        f"Test accuracy against training time ({seeds_phrase(map(len, groups.values()), ', band min–max')})",
         legend=True,
     )
 
@@ -393,8 +461,8 @@ def plot_accuracy_vs_cost(
     ref: analysis.Verdict | None = None,
     budget: Sequence[analysis.Budgeted] = (),
 ) -> Path:
-    """Final test accuracy (mean ± std) against the whole run's effective cost relative to SGD's run
-    (against the cost per sample when there is no SGD run); SAM's target and SGD's cost as lines."""
+    """Final test accuracy (mean ± std over seeds) against the whole run's effective cost relative to SGD's
+    run (against the cost per sample when there is no SGD run); SAM's target and SGD's cost as lines."""
     whole = {b.label: b.budget_vs_sgd for b in budget if b.budget_vs_sgd is not None}
     use_whole = len(whole) == len(rows)
     plt, fig, ax = _axes(len(rows))
@@ -424,7 +492,7 @@ def plot_accuracy_vs_cost(
         path,
         f"effective cost (forward + 2·backward samples; {what})",
         "test accuracy (%): ● final, □ early-stopped" if early else "final test accuracy (%)",
-        "Accuracy against cost (mean ± std over seeds)",
+        f"Accuracy against cost ({seeds_phrase((r.seeds for r in rows), ', bars = ± std')})",
         legend=False,
     )
 

@@ -9,6 +9,7 @@ or lock are symlinks, FIFOs or devices, is refused before anything is written (`
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
@@ -75,9 +76,11 @@ class FolderLock:
     def __init__(self, folder: Path) -> None:
         self.path = Path(folder) / LOCK
         self.fd: int | None = None
+        self.created = False  # whether acquire() made the folder
 
     def acquire(self) -> None:
         check_folder(self.path.parent)
+        self.created = not self.path.parent.exists()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         check_folder(self.path.parent)
         while True:
@@ -109,12 +112,16 @@ class FolderLock:
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self.fd = fd
 
-    def release(self) -> None:
+    def release(self, discard_empty: bool = False) -> None:
+        """Remove the lock; ``discard_empty``: also the folder, if ``acquire`` made it and it is empty."""
         if self.fd is None:
             return
         self.path.unlink(missing_ok=True)
         os.close(self.fd)
         self.fd = None
+        if discard_empty and self.created:
+            with contextlib.suppress(OSError):  # not empty (or gone): kept as it is
+                self.path.parent.rmdir()
 
 
 def claim(folder: Path, *, resume: bool, overwrite: bool) -> FolderLock:
@@ -148,6 +155,6 @@ def claim(folder: Path, *, resume: bool, overwrite: bool) -> FolderLock:
             for leftover in folder.glob(f".{name}.*"):
                 leftover.unlink(missing_ok=True)
     except BaseException:
-        lock.release()
+        lock.release(discard_empty=True)
         raise
     return lock
