@@ -23,12 +23,19 @@ class DataFileError(ValueError):
 
 
 class ChecksumError(DataFileError):
-    """A file's SHA-256 does not match the expected value."""
+    """A file's digest (SHA-256 unless ``algorithm`` says otherwise) does not match the expected value."""
 
-    def __init__(self, path: str | os.PathLike[str], expected: str, actual: str, what: str = "") -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        expected: str,
+        actual: str,
+        what: str = "",
+        algorithm: str = "SHA-256",
+    ) -> None:
         self.expected = expected
         self.actual = actual
-        label = f"SHA-256 mismatch{' of the ' + what if what else ''}"
+        label = f"{algorithm} mismatch{' of the ' + what if what else ''}"
         super().__init__(path, f"{label}: expected {expected}, got {actual}")
 
 

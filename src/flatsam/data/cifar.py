@@ -5,6 +5,11 @@ memory with :mod:`tarfile`, nothing is extracted), the extracted folder (``cifar
 / ``cifar-100-python/``), or a folder containing either. With ``root=None`` the folders named by
 ``$FLATSAM_DATA`` and the user cache (``~/.cache/flatsam``) are tried.
 
+With ``download=True`` a missing release is fetched: the official tarball from
+https://www.cs.toronto.edu/~kriz/ (or the same file name under a mirror, ``$FLATSAM_MIRROR``), checked
+against the MD5 published with it (the digest torchvision's ``CIFAR10``/``CIFAR100`` also check), into
+``root`` (else ``$FLATSAM_DATA``, else the user cache). The tarball is read as it is, never extracted.
+
 Security: the release is a set of Python pickles, and unpickling an untrusted file can run
 arbitrary code. The official format leaves no alternative, so the files are read with a restricted
 unpickler that only rebuilds numpy arrays, dtypes and builtin containers and refuses any other
@@ -17,6 +22,7 @@ import codecs
 import io
 import os
 import pickle
+import sys
 import tarfile
 import zlib
 from dataclasses import dataclass
@@ -26,7 +32,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from flatsam.data._io import DataFileError, format_searched, search_roots
+from flatsam.data._io import DataFileError, format_searched, search_roots, user_cache_dir
+from flatsam.data.download import DownloadError, Remote, download_target, fetch_remote, human_size
 from flatsam.data.images import ImageData
 
 
@@ -78,22 +85,54 @@ CIFAR100 = CifarSpec(
     std=(0.2673, 0.2564, 0.2762),
 )
 
+#: The official tarballs with their published MD5 (also in torchvision's CIFAR10/CIFAR100) and sizes.
+REMOTES = {
+    "cifar10": Remote(
+        "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+        md5="c58f30108f718f92721af3b95e74349a",
+        size=170_498_071,
+    ),
+    "cifar100": Remote(
+        "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
+        md5="eb9058c3a382ffc7106e4002c42a8d85",
+        size=169_001_437,
+    ),
+}
+
 _PIXELS = 3 * 32 * 32
+PathLike = str | os.PathLike[str] | None
 
 
-def load_cifar10(root: str | os.PathLike[str] | None = None) -> ImageData:
+def load_cifar10(
+    root: PathLike = None, *, download: bool = False, mirror: PathLike = None, progress: bool = True
+) -> ImageData:
     """CIFAR-10: 50 000 train / 10 000 test 3×32×32 images, 10 classes."""
-    return load_cifar(CIFAR10, root)
+    return load_cifar(CIFAR10, root, download=download, mirror=mirror, progress=progress)
 
 
-def load_cifar100(root: str | os.PathLike[str] | None = None) -> ImageData:
+def load_cifar100(
+    root: PathLike = None, *, download: bool = False, mirror: PathLike = None, progress: bool = True
+) -> ImageData:
     """CIFAR-100 with its 100 fine labels: 50 000 train / 10 000 test 3×32×32 images."""
-    return load_cifar(CIFAR100, root)
+    return load_cifar(CIFAR100, root, download=download, mirror=mirror, progress=progress)
 
 
-def load_cifar(spec: CifarSpec, root: str | os.PathLike[str] | None = None) -> ImageData:
-    """Read the CIFAR variant described by ``spec`` (see the module docstring for ``root``)."""
-    source = _locate(spec, root)
+def load_cifar(
+    spec: CifarSpec,
+    root: PathLike = None,
+    *,
+    download: bool = False,
+    mirror: PathLike = None,
+    progress: bool = True,
+) -> ImageData:
+    """Read the CIFAR variant described by ``spec`` (see the module docstring for ``root``, ``download``
+    and ``mirror``)."""
+    try:
+        source = _locate(spec, root)
+    except FileNotFoundError:
+        if not download:
+            raise
+        source = _Source(download_cifar(spec, root, mirror=mirror, progress=progress), spec.folder + "/")
     files = source.read_all((*spec.members, spec.meta), optional={spec.meta})
     train_x, train_y = _read_split(spec, files, spec.train, source)
     test_x, test_y = _read_split(spec, files, spec.test, source)
@@ -159,9 +198,27 @@ def _locate(spec: CifarSpec, root: str | os.PathLike[str] | None) -> _Source:
     raise FileNotFoundError(
         f"{spec.name} not found. Looked for {spec.archive} or {spec.folder}/ in:\n"
         + format_searched(tried)
-        + "\nDownload the python version from https://www.cs.toronto.edu/~kriz/cifar.html and pass its "
-        "path with --data-dir (or FLATSAM_DATA)."
+        + "\nAllow the download (--download), or download the python version from "
+        "https://www.cs.toronto.edu/~kriz/cifar.html and pass its path with --data-dir (or FLATSAM_DATA)."
     )
+
+
+def download_cifar(
+    spec: CifarSpec, root: PathLike = None, *, mirror: PathLike = None, progress: bool = True
+) -> Path:
+    """Fetch the official tarball of ``spec`` into ``root`` (else ``$FLATSAM_DATA``, else the user cache),
+    MD5-checked, and return its path. A failed transfer names the URL and what to do instead."""
+    remote = REMOTES[spec.name]
+    target = download_target(root, user_cache_dir())
+    if remote.size is not None and progress:
+        print(f"flatsam: downloading {spec.name} ({human_size(remote.size)}) into {target}", file=sys.stderr)
+    try:
+        return fetch_remote(remote, target, mirror=mirror, progress=progress)
+    except DownloadError as e:
+        raise DownloadError(
+            f"{e}; put {remote.filename} into {target} by hand, or name a mirror with --data-url or "
+            "FLATSAM_MIRROR"
+        ) from e
 
 
 def _source_at(spec: CifarSpec, base: Path, tried: list[Path]) -> _Source | None:

@@ -9,7 +9,8 @@ Where the files are looked for, in order:
 4. the user cache, ``~/.cache/flatsam/fashion-mnist`` (``$XDG_CACHE_HOME`` respected).
 
 If none holds all four files and ``download`` is set, the ``.gz`` files are fetched from the
-official location (or ``url`` / ``$FLATSAM_FASHION_MNIST_URL``) into the cache (or ``data_dir``)
+official location (or ``url`` / ``$FLATSAM_FASHION_MNIST_URL``, else the mirror named by
+``$FLATSAM_MIRROR``, which holds the four ``.gz`` files under their names) into the cache (or ``data_dir``)
 and the SHA-256 of their *decompressed* content is checked (Debian recompressed the ``.gz`` files,
 so only the decompressed hashes are stable).
 """
@@ -31,7 +32,7 @@ from flatsam.data._io import (
     read_file_bytes,
     user_cache_dir,
 )
-from flatsam.data.download import DownloadError, fetch
+from flatsam.data.download import DownloadError, fetch, mirror_base
 from flatsam.data.images import ImageData
 
 FILES = {
@@ -153,7 +154,7 @@ def load_fashion_mnist(
         target = Path(data_dir).expanduser() if data_dir is not None else user_cache_dir() / SUBDIR
         failure, cause = "", None
         if download:
-            base_url = url or os.environ.get(URL_ENV) or DEFAULT_URL
+            base_url = url or os.environ.get(URL_ENV) or mirror_base() or DEFAULT_URL
             try:
                 _download(target, base_url, SHA256 if sha256 is None else sha256, progress)
                 directory = target

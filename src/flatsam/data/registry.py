@@ -33,15 +33,15 @@ def _fashion_mnist(data_dir: PathLike, download: bool, **options: Any) -> ImageD
 
 
 def _cifar10(data_dir: PathLike, download: bool, **options: Any) -> ImageData:
-    return load_cifar10(data_dir, **options)
+    return load_cifar10(data_dir, download=download, **options)
 
 
 def _cifar100(data_dir: PathLike, download: bool, **options: Any) -> ImageData:
-    return load_cifar100(data_dir, **options)
+    return load_cifar100(data_dir, download=download, **options)
 
 
 def _tiny_imagenet(data_dir: PathLike, download: bool, **options: Any) -> ImageData:
-    return load_tiny_imagenet(data_dir, **options)
+    return load_tiny_imagenet(data_dir, download=download, **options)
 
 
 def _synthetic(data_dir: PathLike, download: bool, **options: Any) -> ImageData:
@@ -61,19 +61,22 @@ DATASETS: dict[str, DatasetInfo] = {
         DatasetInfo(
             "cifar10",
             "CIFAR-10: 50k/10k 3×32×32 images, 10 classes",
-            "--data-dir: cifar-10-python.tar.gz, cifar-10-batches-py/ or a folder holding either",
+            "--data-dir, FLATSAM_DATA or ~/.cache/flatsam: cifar-10-python.tar.gz, cifar-10-batches-py/ or a "
+            "folder holding either; or downloaded (170.5 MB, MD5-checked)",
             _cifar10,
         ),
         DatasetInfo(
             "cifar100",
             "CIFAR-100 (fine labels): 50k/10k 3×32×32 images, 100 classes",
-            "--data-dir: cifar-100-python.tar.gz, cifar-100-python/ or a folder holding either",
+            "--data-dir, FLATSAM_DATA or ~/.cache/flatsam: cifar-100-python.tar.gz, cifar-100-python/ or a "
+            "folder holding either; or downloaded (169.0 MB, MD5-checked)",
             _cifar100,
         ),
         DatasetInfo(
             "tiny-imagenet",
             "Tiny-ImageNet-200: 100k train / 10k val (as test) 3×64×64 images, 200 classes",
-            "--data-dir: tiny-imagenet-200/ or a folder holding it",
+            "--data-dir, FLATSAM_DATA or ~/.cache/flatsam: tiny-imagenet-200/, tiny-imagenet-200.zip or a "
+            "folder holding either; or downloaded (248.1 MB, MD5-checked) and unpacked",
             _tiny_imagenet,
         ),
         DatasetInfo(
@@ -93,11 +96,19 @@ _ALIASES = {
     "tinyimagenet": "tiny-imagenet",
 }
 
+#: Datasets of the pose task (flatsam.pose), named here so that a classification run can say so.
+POSE_ONLY = ("mpii", "stickfigures")
+
 
 def canonical_name(name: str) -> str:
     """The registry key for ``name`` (case, ``_``/``-`` and a few aliases tolerated)."""
     key = name.strip().lower().replace("_", "-")
     key = _ALIASES.get(key, key)
+    if key in POSE_ONLY:
+        raise ValueError(
+            f"dataset {name!r} is a pose dataset: add --task pose (classification datasets: "
+            f"{', '.join(DATASETS)})"
+        )
     if key not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(DATASETS)}")
     return key
@@ -137,3 +148,61 @@ def load_dataset(
         )
         data = data.with_train_labels(noisy, changed)
     return data
+
+
+def fetch_dataset(
+    name: str,
+    data_dir: PathLike = None,
+    *,
+    images: bool = False,
+    mirror: PathLike = None,
+    progress: bool = True,
+) -> str:
+    """Make dataset ``name`` present without training (``flatsam download``); return where it is.
+
+    CIFAR-10/100 and Tiny-ImageNet: found where the loaders look, else downloaded and checked (Tiny-ImageNet
+    also unpacked). Fashion-MNIST: found or downloaded and read. MPII (``data_dir`` required): the
+    annotations, and the 12.9 GB images only with ``images=True``. ``mirror``: see
+    :func:`flatsam.data.download.source_url`."""
+    key = name.strip().lower().replace("_", "-")
+    if key == "mpii":
+        return _fetch_mpii(data_dir, images, mirror, progress)
+    key = canonical_name(name)
+    if key in ("cifar10", "cifar100"):
+        from flatsam.data import cifar
+
+        spec = cifar.CIFAR10 if key == "cifar10" else cifar.CIFAR100
+        try:
+            return str(cifar._locate(spec, data_dir).path)
+        except FileNotFoundError:
+            return str(cifar.download_cifar(spec, data_dir, mirror=mirror, progress=progress))
+    if key == "tiny-imagenet":
+        from flatsam.data import tiny_imagenet
+
+        try:
+            return str(tiny_imagenet._locate(data_dir))
+        except FileNotFoundError:
+            return str(tiny_imagenet._unpack_or_download(data_dir, True, mirror, progress))
+    if key == "fashion-mnist":
+        from flatsam.data.fashion_mnist import find_fashion_mnist
+
+        load_fashion_mnist(data_dir, download=True, progress=progress)
+        return str(find_fashion_mnist(data_dir))
+    raise ValueError(f"dataset {name!r} is not downloaded (it is generated in memory)")
+
+
+def _fetch_mpii(data_dir: PathLike, images: bool, mirror: PathLike, progress: bool) -> str:
+    from flatsam.pose import mpii_download
+
+    if data_dir is None:
+        raise ValueError("MPII needs --data-dir (the folder that will hold annot/ and images/)")
+    root = os.fspath(data_dir)
+    landed = mpii_download.download_annotations(root, mirror=mirror, progress=progress)
+    lines = [str(path) for path in landed]
+    if images:
+        lines.append(str(mpii_download.download_images(root, mirror=mirror, progress=progress)))
+    else:
+        lines.append(
+            f"(images not fetched: a {mpii_download.IMAGES_SIZE} tarball; add --images to fetch them)"
+        )
+    return "\n".join(lines)

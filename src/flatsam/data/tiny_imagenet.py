@@ -12,12 +12,19 @@ The val split is returned as the test set (the official test split has no labels
 indices into the *sorted* wnids. Images are decoded with Pillow (a matplotlib dependency) as RGB
 64×64 uint8, in a few threads, with a progress bar; the decoded arrays can be cached as an ``.npz``
 keyed on the file list, sizes and modification times, so a second load takes seconds.
+
+Where the folder is missing but ``tiny-imagenet-200.zip`` lies in a searched folder, it is unpacked
+there. With ``download=True`` a missing release is fetched first: the official zip from
+http://cs231n.stanford.edu/ (or the same file name under ``$FLATSAM_MIRROR``), checked against the MD5
+that is published with it and checked by the common torchvision-style Tiny-ImageNet readers, into
+``root`` (else ``$FLATSAM_DATA``, else the user cache), then unpacked atomically (the zip is kept).
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import sys
 import tempfile
 import warnings
 import zipfile
@@ -31,9 +38,24 @@ import torch
 from tqdm.auto import tqdm
 
 from flatsam.data._io import DataFileError, format_searched, search_roots, user_cache_dir
+from flatsam.data.download import (
+    DownloadError,
+    Remote,
+    download_target,
+    extract_archive,
+    fetch_remote,
+    human_size,
+)
 from flatsam.data.images import ImageData
 
 FOLDER = "tiny-imagenet-200"
+#: The official zip with the MD5 published with it (as checked by torchvision-style readers) and its size.
+REMOTE = Remote(
+    "http://cs231n.stanford.edu/tiny-imagenet-200.zip",
+    md5="90528d7ca1a48142e341f4ef8d21d0de",
+    size=248_100_043,
+)
+PathLike = str | os.PathLike[str] | None
 SIZE = 64
 MEAN = (0.4802, 0.4481, 0.3975)
 STD = (0.2302, 0.2265, 0.2262)
@@ -48,14 +70,19 @@ def load_tiny_imagenet(
     cache_dir: str | os.PathLike[str] | None = None,
     workers: int | None = None,
     progress: bool = True,
+    download: bool = False,
+    mirror: PathLike = None,
 ) -> ImageData:
     """Load Tiny-ImageNet-200 (100 000 train / 10 000 val-as-test images, 3×64×64, 200 classes).
 
     ``root`` is the ``tiny-imagenet-200`` folder or a folder containing it (``None``: look under
     ``$FLATSAM_DATA`` and the user cache). With ``cache`` the decoded arrays are kept in
-    ``cache_dir`` (default ``~/.cache/flatsam``).
+    ``cache_dir`` (default ``~/.cache/flatsam``). ``download`` and ``mirror``: see the module docstring.
     """
-    folder = _locate(root)
+    try:
+        folder = _locate(root)
+    except FileNotFoundError:
+        folder = _unpack_or_download(root, download, mirror, progress)
     wnids = _read_wnids(folder / "wnids.txt")
     train_files, train_labels = _train_files(folder, wnids)
     test_files, test_labels = _val_files(folder, wnids)
@@ -94,8 +121,40 @@ def _locate(root: str | os.PathLike[str] | None) -> Path:
     raise FileNotFoundError(
         "Tiny-ImageNet-200 not found (no wnids.txt). Looked in:\n"
         + format_searched(tried)
-        + "\nUnpack tiny-imagenet-200.zip and pass its folder with --data-dir (or FLATSAM_DATA)."
+        + "\nAllow the download (--download), or unpack tiny-imagenet-200.zip and pass its folder with "
+        "--data-dir (or FLATSAM_DATA)."
     )
+
+
+def _unpack_or_download(root: PathLike, download: bool, mirror: PathLike, progress: bool) -> Path:
+    """The folder unpacked from a ``tiny-imagenet-200.zip`` found in a searched folder, else from one
+    downloaded (when ``download``); else the not-found error."""
+    archive = next(
+        (base / REMOTE.filename for base in search_roots(root) if (base / REMOTE.filename).is_file()), None
+    )
+    if archive is None:
+        if not download:
+            return _locate(root)  # raises the error that lists where we looked
+        archive = download_tiny_imagenet(root, mirror=mirror, progress=progress)
+    extract_archive(archive, archive.parent, lambda path: path.parts[0] == FOLDER, progress=progress)
+    return _locate(archive.parent)
+
+
+def download_tiny_imagenet(root: PathLike = None, *, mirror: PathLike = None, progress: bool = True) -> Path:
+    """Fetch the official zip into ``root`` (else ``$FLATSAM_DATA``, else the user cache), MD5-checked;
+    return its path."""
+    target = download_target(root, user_cache_dir())
+    if progress and REMOTE.size is not None:
+        print(
+            f"flatsam: downloading tiny-imagenet ({human_size(REMOTE.size)}) into {target}", file=sys.stderr
+        )
+    try:
+        return fetch_remote(REMOTE, target, mirror=mirror, progress=progress)
+    except DownloadError as e:
+        raise DownloadError(
+            f"{e}; put {REMOTE.filename} into {target} by hand, or name a mirror with --data-url or "
+            "FLATSAM_MIRROR"
+        ) from e
 
 
 def _read_wnids(path: Path) -> list[str]:

@@ -156,7 +156,10 @@ def annotation_path(root: Path, name: str) -> Path:
     for candidate in (root / "annot" / name, root / name):
         if candidate.is_file():
             return candidate
-    raise FileNotFoundError(f"MPII: {name} not found in {root / 'annot'} or {root}")
+    raise FileNotFoundError(
+        f"MPII: {name} not found in {root / 'annot'} or {root}; fetch the annotations with "
+        f"`flatsam download mpii --data-dir {root}`"
+    )
 
 
 def load_mpii(data_dir: str | Path, size: int, subset: int | None = None) -> PoseData:
@@ -165,7 +168,10 @@ def load_mpii(data_dir: str | Path, size: int, subset: int | None = None) -> Pos
     root = Path(data_dir)
     images = root / "images"
     if not images.is_dir():
-        raise FileNotFoundError(f"MPII: no images folder at {images}")
+        raise FileNotFoundError(
+            f"MPII: no images folder at {images}; fetch the images (12.9 GB) with "
+            f"`flatsam download mpii --images --data-dir {root}`"
+        )
     train = read_annotations(annotation_path(root, SPLITS[0]))
     val = read_annotations(annotation_path(root, SPLITS[1]))
     if subset is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -9,11 +10,11 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from flatsam.methods import method_info
-from flatsam.train import records
+from flatsam.train import paper, records
 from flatsam.train.config import MethodSpec, TrainConfig
 from flatsam.train.loop import Run, check_method, load_data
 from flatsam.train.report import find_runs, write_report
-from flatsam.train.rundir import RUN_FILES, RunFolderError
+from flatsam.train.rundir import RunFolderError
 from flatsam.train.tasks import TASK_DEFAULTS
 
 #: The CPU label-noise benchmark: Fashion-MNIST, a seeded 2,000-image
@@ -261,6 +262,9 @@ SUITES: dict[str, Suite] = {
 }
 
 
+SUITES.update(paper.paper_suites())  # paper-cifar10, paper-cifar100, paper-tiny, paper-pose
+
+
 def with_common_rho(spec: MethodSpec, rho: float | None) -> MethodSpec:
     """Give ``spec`` the benchmark's common ρ unless it sets its own or its ρ is on another scale."""
     info = method_info(spec.name)
@@ -297,7 +301,22 @@ def _folder_name(label: str) -> str:
 
 
 def _taken(run_dir: Path) -> bool:
-    return any((run_dir / name).exists() for name in RUN_FILES)
+    return any(os.path.lexists(run_dir / name) for name in records.RUN_FILES)
+
+
+def check_folders(jobs: list[TrainConfig]) -> None:
+    """One run, one folder: two labels whose folder names coincide (``a/b`` and ``a_b`` both become
+    ``a_b``) are refused before anything trains; so are names equal but for case (one folder on
+    case-insensitive file systems)."""
+    seen: dict[str, str] = {}
+    for cfg in jobs:
+        key = Path(cfg.run_dir).name.casefold()
+        if key in seen and seen[key] != cfg.label:
+            raise ValueError(
+                f"method labels {seen[key]!r} and {cfg.label!r} map to the same run folder "
+                f"{Path(cfg.run_dir).name!r}; give one of them another label (LABEL=method:...)"
+            )
+        seen[key] = cfg.label
 
 
 def run_bench(
@@ -333,6 +352,7 @@ def run_bench(
                 run_dir=str(out / "runs" / f"{_folder_name(method_spec.label)}-s{seed}"),
             )
             jobs.append(cfg)
+    check_folders(jobs)
     for cfg in jobs[: len(methods)]:  # the seeds do not change what is checked
         check_method(cfg)
     taken = [cfg.run_dir for cfg in jobs if _taken(Path(cfg.run_dir))]
