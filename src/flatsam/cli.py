@@ -16,8 +16,8 @@ from flatsam.train.config import MethodSpec, TrainConfig, parse_options
 
 CONFIG_HELP = {
     "dataset": "dataset: fashion-mnist, cifar10, cifar100, tiny-imagenet or synthetic",
-    "data_dir": "folder (or tarball) holding the dataset files",
-    "subset": "train on a seeded, class-stratified subset of this many images",
+    "data_dir": "folder (or tarball) holding the dataset files (unset: $FLATSAM_DATA, then the usual places)",
+    "subset": "train on a seeded, class-stratified subset of this many images (unset: all of them)",
     "label_noise": "fraction of training labels replaced by a different random class (seeded)",
     "model": "network name (cnn, mlp, resnet8…110, resnet18, wrn16-8, wrn28-10, pyramidnet110, resnet50, "
     "mobilenetv1)",
@@ -35,7 +35,7 @@ CONFIG_HELP = {
     "cutout": "cutout square size in pixels (0 = off)",
     "seed": "training seed (initialisation, batch order, augmentation, method randomness)",
     "data_seed": "seed of the training subset and of the label noise",
-    "threads": "torch.set_num_threads",
+    "threads": "torch.set_num_threads (unset: torch's choice)",
     "device": "cpu, cuda, cuda:N or auto",
     "eval_batch_size": "batch size of the test evaluation",
     "eval_every": "evaluate on the test set every N epochs (and after the last)",
@@ -44,16 +44,18 @@ CONFIG_HELP = {
     "accuracy at the best-validation epoch (early_stopped_test_acc). 0 (default): no split",
     "eval_bn": "BatchNorm statistics of the evaluation: running (the training's moving average) or precise "
     "(recomputed over the training set for each evaluation, then put back; training is unchanged)",
-    "task": "classify, or pose (SimCC keypoints; defaults: stickfigures, resnet8, Adam lr 1e-3, batch 64)",
+    "task": "classify, or pose (SimCC keypoints; changes the values marked 'with --task pose')",
     "quantize": "quantization-aware training with LSQ, e.g. w4a4 (weight/activation bits in 2, 3, 4, 8; "
     "first and last layer at 8 bits)",
     "quantize_init": "full-precision run folder or checkpoint to start quantization-aware training from",
     "pose_size": "pose input size in pixels (square crops)",
     "simcc_split": "SimCC splitting factor (bins per pixel)",
     "simcc_sigma": "SimCC label sigma in bins (default: 6 at 256 px, scaled to --pose-size)",
-    "amp": "mixed precision of the forward passes: bf16 (autocast) or fp16 (autocast and a GradScaler)",
+    "amp": "mixed precision of the forward passes: bf16 (autocast) or fp16 (autocast and a GradScaler) "
+    "(unset: float32)",
     "accumulate": "split each batch into this many micro-batches, one step over all (gradient accumulation)",
-    "log": "also log each epoch to: csv, tensorboard, wandb (comma-separated; wandb offline without network)",
+    "log": "also log each epoch to: csv, tensorboard, wandb (comma-separated; wandb offline without network; "
+    "unset: metrics.jsonl only)",
 }
 COMPONENT_KINDS = ("schedule", "selection", "perturbation", "reuse")
 FLAGS = {
@@ -61,27 +63,67 @@ FLAGS = {
     "flip": "random horizontal flips",
     "download": "download if missing",
     "channels_last": "channels-last memory format",
-    "perturb_step_sizes": "let SAM's ascent perturb the LSQ step sizes too (default: latent weights only)",
+    "perturb_step_sizes": "let SAM's ascent perturb the LSQ step sizes too, not only the latent weights",
 }
 
 
-def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    """One option per TrainConfig field; unspecified options are absent from the namespace."""
-    group = parser.add_argument_group("run configuration (unset options keep their defaults)")
+class HelpFormatter(argparse.HelpFormatter):
+    """Appends ``(default: X)`` to an option's help where X is a real value (not None, not an unset
+    switch) and the help does not already state its default."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if "default" in text or default is None or default is False or default == argparse.SUPPRESS:
+            return text
+        value = " ".join(map(str, default)) if isinstance(default, (list, tuple)) else shown(default)
+        return f"{text} (default: {value.replace('%', '%%')})"
+
+
+def shown(value: Any) -> str:
+    """A default as ``--help`` writes it: on/off for switches, ``%g`` for floats."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def config_default(name: str) -> str:
+    """`` (default: X)`` for a TrainConfig field, from ``TrainConfig()``, with ``--task pose``'s value where
+    that task changes it; empty where the field is unset by default (its help says what unset means)."""
+    from flatsam.train.tasks import TASK_DEFAULTS
+
+    value = getattr(TrainConfig(), name)
+    if value is None or "default" in CONFIG_HELP.get(name, FLAGS.get(name, "")):
+        return ""
+    pose = TASK_DEFAULTS["pose"].get(name, value)
+    extra = f"; with --task pose: {shown(pose)}" if pose != value else ""
+    return f" (default: {shown(value)}{extra})"
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, *, suite: bool = False) -> None:
+    """One option per TrainConfig field; unspecified options are absent from the namespace. Each help
+    shows the TrainConfig default, or, for ``bench`` (``suite=True``), the group says the suite sets them."""
+    title = (
+        "run configuration (unset options keep the suite's values: see --suite)"
+        if suite
+        else "run configuration (unset options keep the defaults shown; with --resume: the run's)"
+    )
+    group = parser.add_argument_group(title)
     for f in dataclasses.fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
+        default = "" if suite else config_default(f.name)
         if f.name in FLAGS:
             group.add_argument(
                 flag,
                 dest=f.name,
                 action=argparse.BooleanOptionalAction,
                 default=argparse.SUPPRESS,
-                help=FLAGS[f.name],
+                help=FLAGS[f.name] + default,
             )
         elif f.name in CONFIG_HELP:
             kind = {"int": int, "float": float}.get(str(f.type).removesuffix(" | None"), str)
             group.add_argument(
-                flag, dest=f.name, type=kind, default=argparse.SUPPRESS, help=CONFIG_HELP[f.name]
+                flag, dest=f.name, type=kind, default=argparse.SUPPRESS, help=CONFIG_HELP[f.name] + default
             )
 
 
@@ -100,6 +142,24 @@ def with_task_defaults(config: TrainConfig, args: argparse.Namespace) -> TrainCo
     return config.replace(task=task, **TASK_DEFAULTS[task])
 
 
+def check_data_dir(path: Path) -> None:
+    """``--data-dir`` is a folder, or an archive (tar or zip) the readers unpack: any other file (say
+    ``/etc/passwd``) is refused before a reader tries to download into it."""
+    import tarfile
+    import zipfile
+
+    if path.is_dir():
+        return
+    if not path.is_file():
+        raise ValueError(f"--data-dir {path} is neither a folder nor a file")
+    try:
+        archive = tarfile.is_tarfile(path) or zipfile.is_zipfile(path)
+    except OSError as error:
+        raise ValueError(f"--data-dir {path} cannot be read ({error.strerror})") from None
+    if not archive:
+        raise ValueError(f"--data-dir {path} is a file, not a folder or a tar/zip archive of the dataset")
+
+
 def check_names(config: TrainConfig) -> None:
     """Fail on unknown method, dataset or model names before any data is loaded."""
     from flatsam.data.registry import canonical_name
@@ -113,6 +173,8 @@ def check_names(config: TrainConfig) -> None:
             f"--data-dir {config.data_dir} does not exist (give the folder or tarball "
             "that holds the dataset, or leave it out to use the default places)"
         )
+    if config.data_dir is not None:
+        check_data_dir(Path(config.data_dir).expanduser())
     if config.task == "pose":
         if config.dataset not in POSE_DATASETS:
             raise ValueError(f"unknown pose dataset {config.dataset!r}; valid: {', '.join(POSE_DATASETS)}")
@@ -135,7 +197,7 @@ def given_config(args: argparse.Namespace) -> TrainConfig:
     config = overlay(with_task_defaults(TrainConfig(), args), args)
     if args.quick:
         config = overlay(config.replace(**quick_settings(config.dataset)), args)
-    spec = MethodSpec.parse(args.method or "ausam")
+    spec = MethodSpec.parse("ausam" if args.method is None else args.method)
     parts = {kind: getattr(args, kind) for kind in COMPONENT_KINDS if getattr(args, kind) is not None}
     if parts and spec.name != "custom":
         raise ValueError(f"--{'/--'.join(parts)} compose a method: use them with --method custom")
@@ -153,7 +215,7 @@ def train_folder(args: argparse.Namespace) -> Path:
         return run_folder("runs", args.name)
     if args.resume:
         raise ValueError("--resume needs --name (or --run-dir) of the run to continue")
-    return run_folder("runs", MethodSpec.parse(args.method or "ausam").display())
+    return run_folder("runs", MethodSpec.parse("ausam" if args.method is None else args.method).display())
 
 
 def resumed_config(run_dir: Path, args: argparse.Namespace) -> TrainConfig:
@@ -208,7 +270,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     with launch.distributed(config.device):  # joins torchrun's process group, if any
         # the Run is a temporary, not a local: it and its DDP model are freed before the process group
         progress = not args.no_progress
-        result = Run(config, resume=args.resume, overwrite=args.overwrite, progress=progress).run()
+        result = Run(
+            config, resume=args.resume, overwrite=args.overwrite, progress=progress, epoch_lines=True
+        ).run()
         if not launch.is_main():
             return 0
     metric = "test accuracy"
@@ -283,10 +347,10 @@ def cmd_speed(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from flatsam.train.report import find_runs, write_report
+    from flatsam.train.report import find_runs, report_folder, write_report
 
+    out = report_folder(args.paths, args.out)
     runs = find_runs(args.paths)
-    out = Path(args.out or args.paths[0])
     paths = write_report(runs, out)
     print(paths["md"].read_text())
     print("written:", ", ".join(str(p) for p in paths.values()))
@@ -326,6 +390,8 @@ def cmd_methods(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from flatsam.train.speed import SpeedConfig
+
     parser = argparse.ArgumentParser(
         prog="flatsam",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -346,9 +412,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    train = sub.add_parser(
-        "train", help="train one run", formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
+    train = sub.add_parser("train", help="train one run", formatter_class=HelpFormatter)
     train.add_argument(
         "--method",
         help="registered method, optionally with options: 'ausam' or 'ausam:keep=0.3,s_max=1' "
@@ -378,7 +442,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser(
         "bench",
         help="several methods × seeds on one setup, then a report",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     bench.add_argument(
         "--suite",
@@ -399,7 +463,8 @@ def build_parser() -> argparse.ArgumentParser:
             "pose",
         ],
         default="default",
-        help="default: sgd, sam, ausam × 3 seeds; all: every method and two compositions; long-n40/long-n20: "
+        help="the suite to run (default: default). default: sgd, sam, ausam × 3 seeds; all: every method and "
+        "two compositions; long-n40/long-n20: "
         "the long regime (5× the steps) at 40 %%/20 %% label noise with SAM at SGD's budget and controls; "
         "long-clean: the same without label noise; long-n40-crop: 40 %% noise with random crops, 100 epochs, "
         "precise-BN evaluation (the converged regime); long-n20-crop/long-n30-crop: the same at 20 %%/30 %% "
@@ -414,11 +479,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--methods",
         nargs="+",
         metavar="SPEC",
-        help="method specs: NAME, NAME:key=value,...  or LABEL=NAME:key=value",
+        help="method specs: NAME, NAME:key=value,...  or LABEL=NAME:key=value (default: the suite's)",
     )
-    bench.add_argument("--seeds", nargs="+", type=int, help="training seeds")
+    bench.add_argument("--seeds", nargs="+", type=int, help="training seeds (default: the suite's)")
     bench.add_argument("--rho", type=float, help="common ρ for methods on SAM's scale (default: the suite's)")
-    bench.add_argument("--out", help="output folder (default runs/bench/SUITE)")
+    bench.add_argument("--out", help="output folder (default: runs/bench/SUITE)")
     bench.add_argument("--resume", action="store_true", help="skip finished runs, continue interrupted ones")
     bench.add_argument("--overwrite", action="store_true", help="redo runs already in the output folder")
     bench.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -434,22 +499,38 @@ def build_parser() -> argparse.ArgumentParser:
     speed.add_argument(
         "--speed", action="store_true", help="time training steps of every method, interleaved, not accuracy"
     )
-    speed.add_argument("--models", nargs="+", help="models to time (default: cnn resnet18)")
-    speed.add_argument("--batch-sizes", nargs="+", type=int, help="batch sizes to time (default: 128 256)")
-    speed.add_argument("--repeats", type=int, help="interleaved rounds (default 10)")
-    speed.add_argument("--steps", type=int, help="steps per contender and round (default 5)")
+    timing = SpeedConfig()
+    speed.add_argument("--models", nargs="+", help=f"models to time (default: {' '.join(timing.models)})")
+    speed.add_argument(
+        "--batch-sizes",
+        nargs="+",
+        type=int,
+        help=f"batch sizes to time (default: {' '.join(map(str, timing.batch_sizes))})",
+    )
+    speed.add_argument("--repeats", type=int, help=f"interleaved rounds (default: {timing.repeats})")
+    speed.add_argument("--steps", type=int, help=f"steps per contender and round (default: {timing.steps})")
     speed.add_argument(
         "--profile", action="store_true", help="also write profiler tables of SGD, SAM and AUSAM steps"
     )
-    add_config_arguments(bench)
+    add_config_arguments(bench, suite=True)
     bench.set_defaults(func=cmd_bench)
 
-    report = sub.add_parser("report", help="table and plots from existing run folders")
+    report = sub.add_parser(
+        "report", help="table and plots from existing run folders", formatter_class=HelpFormatter
+    )
     report.add_argument("paths", nargs="+", help="run folders or folders containing them")
-    report.add_argument("--out", help="where to write results.md/csv and plots (default: the first path)")
+    report.add_argument(
+        "--out",
+        help="where to write results.md/csv and plots, never inside a run folder (default: the first path "
+        "when it holds runs; beside a run folder: RUN-report, or report for several runs)",
+    )
     report.set_defaults(func=cmd_report)
 
-    methods = sub.add_parser("methods", help="every registered method with its defaults and their sources")
+    methods = sub.add_parser(
+        "methods",
+        help="every registered method with its defaults and their sources",
+        formatter_class=HelpFormatter,
+    )
     methods.add_argument("--components", action="store_true", help="also list the composable components")
     methods.set_defaults(func=cmd_methods)
     return parser
@@ -476,11 +557,21 @@ def describe(error: BaseException) -> str:
     return " ".join(str(text).split()) or type(error).__name__
 
 
+def ignore_signals() -> None:
+    """After a stop on a signal the process only exits: a further Ctrl-C or SIGTERM (impatient users
+    press it twice) must not raise inside the interpreter's exit handlers and print a traceback."""
+    import signal
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_IGN)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; errors of the input are one line on stderr with exit status 2 (set
     ``FLATSAM_DEBUG=1`` for the traceback), Ctrl-C is 130, a closed output pipe ends quietly."""
     from flatsam.train.loop import Interrupted
 
+    entry_point = argv is None  # the process's own command line: it exits when main returns
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     args.argv = argv
@@ -488,9 +579,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except Interrupted as stop:
+        if entry_point:
+            ignore_signals()
         print(f"flatsam: {stop}", file=sys.stderr)
         return 128 + stop.signum
     except KeyboardInterrupt:
+        if entry_point:
+            ignore_signals()
         print("flatsam: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:  # e.g. `flatsam methods | head`: the reader has gone, so has the output
