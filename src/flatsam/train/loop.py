@@ -396,10 +396,14 @@ class Run:
         y = s.train_y[device_index]
         firsts: list[list[torch.Tensor]] = []  # per micro-batch: loss sum, hits, rows of its first forward
         if cfg.accumulate == 1:
-            info = s.optimizer.step(self._closure(x, y, firsts), index=index, scaler=self.scaler)
+            closure = self._closure(x, y, firsts, device_index)
+            info = s.optimizer.step(closure, index=index, scaler=self.scaler)
         else:
             parts = [p for p in torch.arange(len(index)).tensor_split(cfg.accumulate) if len(p)]
-            closures = [self._closure(x[p.to(s.device)], y[p.to(s.device)], firsts) for p in parts]
+            closures = [
+                self._closure(x[p.to(s.device)], y[p.to(s.device)], firsts, device_index[p.to(s.device)])
+                for p in parts
+            ]
             info = s.optimizer.step(closures, index=[index[p] for p in parts], scaler=self.scaler)
         self._schedule_lr(epoch, batch + 1)
         self.epoch_totals.add(info)
@@ -411,10 +415,15 @@ class Run:
             self.epoch_totals.batch_rows += info.batch_size
         return info
 
-    def _closure(self, x: torch.Tensor, y: torch.Tensor, firsts: list[list[torch.Tensor]]):
+    def _closure(
+        self, x: torch.Tensor, y: torch.Tensor, firsts: list[list[torch.Tensor]], index: torch.Tensor
+    ):
         """``closure(rows)`` → per-sample losses of rows of (x, y), forwards under ``--amp``'s autocast;
-        its first forward (at the unperturbed weights) leaves its loss sum and hits in ``firsts``."""
+        its first forward (at the unperturbed weights) leaves its loss sum and hits in ``firsts``. A method
+        with a trajectory loss (SAF, MESA: ``add_trajectory_loss``) adds it to the losses (not to the
+        recorded train loss), given the rows' logits, dataset ``index`` and inputs."""
         s = self.setup
+        trajectory = getattr(s.optimizer, "add_trajectory_loss", None)
         first: list[torch.Tensor] = []
         firsts.append(first)
 
@@ -427,6 +436,9 @@ class Run:
             if not first:
                 correct, counted = s.task.hits(out, y[rows])
                 first.extend((losses.detach().float().sum(), correct, torch.tensor(counted)))
+            if trajectory is not None:
+                with launch.autocast(self.config.amp, s.device):
+                    losses = trajectory(losses, out, index[rows], x[rows])
             return losses
 
         return closure
