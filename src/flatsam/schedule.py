@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 
 import torch
 
@@ -415,6 +416,40 @@ class ARSAMWindow(Schedule):
 
 
 #: Schedules by name, for composed methods on the command line (``--schedule NAME``).
+# -- a budget of ascent rows, spent evenly: the micro-batch scheduler ------------------------------------
+
+
+class MicroBatchScheduler(Schedule):
+    """Which steps run the micro-batch ascent and which the base optimizer alone, in the noise-injected
+    micro-batch scheduler of Wei, Zhang, Tan (Neural Networks 185 (2025) 107205).
+
+    The paper's abstract (the only public text) unifies the efficient SAMs that *switch* between SAM and
+    the base optimizer (LookSAM, SS-SAM, AE-SAM) with those that *reduce the data* of the ascent (ESAM,
+    K-SAM) as one micro-batch scheduler: both compute the perturbation from fewer samples than the
+    descent. This class models that view (our modelling; the paper's rule is not public): a budget of
+    ascent rows per batch row, ``budget``, spent by ascents on micro-batches of ``fraction`` of the
+    batch, so a fraction r = budget/fraction of the steps ascend, spread evenly: step t ascends when
+    ⌈(t + 1)·r⌉ > ⌈t·r⌉ (step 0 always; r in exact rationals, from ``ctx.step``, so a resume and every
+    DDP rank agree). budget = fraction is an ascent on every step (flatsam's ``mbsam``); fraction 1 with
+    budget 1/k is LookSAM's switching every k steps (``EveryK(k)``); in between, micro-batch ascents on
+    some steps only. Cost ≈ 1 + budget passes per step.
+    """
+
+    skip_on_device = True
+
+    def __init__(self, budget: float = 0.125, fraction: float = 0.25) -> None:
+        self.fraction = check_interval("fraction", fraction, 0.0, 1.0, closed="(]")
+        name = f"budget (ascent rows per batch row, at most fraction={fraction})"
+        self.budget = check_interval(name, budget, 0.0, self.fraction, closed="(]")
+        self.rate = Fraction(self.budget / self.fraction).limit_denominator(10**6)
+
+    def decide(self, ctx: StepContext) -> bool:
+        return math.ceil((ctx.step + 1) * self.rate) > math.ceil(ctx.step * self.rate)
+
+    def extra_repr(self) -> str:
+        return f"budget={self.budget}, fraction={self.fraction}"
+
+
 SCHEDULES: dict[str, type[Schedule]] = {
     "always": Always,
     "never": Never,
@@ -422,4 +457,5 @@ SCHEDULES: dict[str, type[Schedule]] = {
     "bernoulli": Bernoulli,
     "ae": AEThreshold,
     "arsam": ARSAMWindow,
+    "microbatch": MicroBatchScheduler,
 }
