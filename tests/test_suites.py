@@ -53,8 +53,20 @@ def test_a_suites_common_rho_leaves_the_half_rho_preset_alone():
 def test_the_other_converged_regimes_plan_ausam_for_sgds_wall_clock(name, noise, epochs, ausam_epochs):
     suite = SUITES[name]
     assert (suite.config.label_noise, suite.config.eval_bn, suite.config.epochs) == (noise, "precise", epochs)
-    spec = with_common_rho(MethodSpec.parse(suite.methods[-1]), suite.rho)
+    planned = next(m for m in suite.methods if m.startswith("ausam-halfrho-"))
+    spec = with_common_rho(MethodSpec.parse(planned), suite.rho)
     spec, config = split_overrides(spec, suite.config)
     label = f"ausam-halfrho-{ausam_epochs}ep"
     assert (spec.name, spec.label, "rho" in spec.options) == ("ausam-halfrho", label, False)
     assert (config.epochs, config.lr_warmup_epochs) == (ausam_epochs, ausam_epochs / 10)
+
+
+@pytest.mark.parametrize(
+    ("name", "steps_per_epoch"), [("all", 16), ("long-n40-crop", 40), ("long-n30-crop", 40)]
+)
+def test_the_converged_suites_compare_saf_mesa_and_gsam(name, steps_per_epoch):
+    suite = SUITES[name]
+    assert {"saf", "mesa", "gsam"} <= set(suite.methods)
+    assert steps_per_epoch == -(-(suite.config.subset or 0) // suite.config.batch_size)
+    scaled = next(MethodSpec.parse(m) for m in suite.methods if m.startswith("mesa-ema4ep="))
+    assert scaled.options["decay"] == pytest.approx(1 - 1 / (4 * steps_per_epoch))
