@@ -225,7 +225,7 @@ def resumed_config(run_dir: Path, args: argparse.Namespace) -> TrainConfig:
     from flatsam.train.loop import RESUME_MAY_CHANGE
 
     path = run_dir / records.CONFIG
-    if not path.is_file():
+    if not records.check_regular(path):  # a link, FIFO or device in its place is refused, naming it
         raise FileNotFoundError(f"--resume: no run at {run_dir} (no {records.CONFIG})")
     try:
         saved = TrainConfig.from_dict(records.read_json(path)["config"])
@@ -294,7 +294,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     suite_name = "quick" if args.quick else args.suite
     suite = SUITES[suite_name]
     specs = [MethodSpec.parse(m) for m in (args.methods or suite.methods)]
-    base = with_task_defaults(suite.config, args)
+    asked = getattr(args, "task", suite.config.task)
+    base = suite.config if asked == suite.config.task else with_task_defaults(suite.config, args)
     if "epochs" in vars(args) and "lr_warmup_epochs" not in vars(args) and base.lr_warmup_epochs:
         # the suite's warm-up is a fraction of its epochs: keep the fraction for the epochs given
         warmup = base.lr_warmup_epochs * args.epochs / base.epochs
@@ -306,6 +307,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     out = Path(args.out or Path("runs") / "bench" / suite_name)
     seeds = args.seeds if args.seeds is not None else list(suite.seeds)
     rho = args.rho if args.rho is not None else suite.rho
+    if args.dry_run:
+        from flatsam.train import dryrun
+
+        runs = dryrun.plan(config, specs, seeds, rho)
+        print(dryrun.describe(suite_name, suite.description, runs, args.probe_steps, not args.no_progress))
+        return 0
     command = "flatsam " + shlex.join(args.argv) if args.record_command else None
     paths = run_bench(
         config,
@@ -389,6 +396,21 @@ def cmd_methods(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_data_url(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--data-url",
+        help="mirror holding the dataset files under their official names (URL or folder; overrides "
+        "$FLATSAM_MIRROR)",
+    )
+
+
+def cmd_download(args: argparse.Namespace) -> int:
+    from flatsam.data.registry import fetch_dataset
+
+    print(fetch_dataset(args.dataset, args.data_dir, images=args.images, progress=not args.no_progress))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from flatsam.train.speed import SpeedConfig
 
@@ -437,6 +459,7 @@ def build_parser() -> argparse.ArgumentParser:
     for kind in COMPONENT_KINDS:
         compose.add_argument(f"--{kind}", help=f"{kind} by name (see: flatsam methods --components)")
     add_config_arguments(train)
+    add_data_url(train)
     train.set_defaults(func=cmd_train)
 
     bench = sub.add_parser(
@@ -461,6 +484,10 @@ def build_parser() -> argparse.ArgumentParser:
             "ablation",
             "quant",
             "pose",
+            "paper-cifar10",
+            "paper-cifar100",
+            "paper-tiny",
+            "paper-pose",
         ],
         default="default",
         help="the suite to run (default: default). default: sgd, sam, ausam × 3 seeds; all: every method and "
@@ -475,6 +502,15 @@ def build_parser() -> argparse.ArgumentParser:
         "paper's other tasks (LSQ w4a4 QAT; SimCC on the stick-figure stand-in)",
     )
     bench.add_argument("--quick", action="store_true", help="the quick suite (about a minute)")
+    bench.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the runs, their optimizer steps and a time estimate from a short probe on --device; "
+        "train nothing",
+    )
+    bench.add_argument(
+        "--probe-steps", type=int, default=3, help="timed steps per model and method of --dry-run (0: none)"
+    )
     bench.add_argument(
         "--methods",
         nargs="+",
@@ -513,6 +549,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--profile", action="store_true", help="also write profiler tables of SGD, SAM and AUSAM steps"
     )
     add_config_arguments(bench, suite=True)
+    add_data_url(bench)
     bench.set_defaults(func=cmd_bench)
 
     report = sub.add_parser(
@@ -533,6 +570,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     methods.add_argument("--components", action="store_true", help="also list the composable components")
     methods.set_defaults(func=cmd_methods)
+
+    download = sub.add_parser(
+        "download", help="fetch a dataset (checksummed) without training", formatter_class=HelpFormatter
+    )
+    download.add_argument("dataset", help="cifar10, cifar100, tiny-imagenet, fashion-mnist or mpii")
+    download.add_argument("--data-dir", help="target folder (default: $FLATSAM_DATA, else ~/.cache/flatsam)")
+    download.add_argument("--images", action="store_true", help="mpii: also the 12.9 GB image tarball")
+    download.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_data_url(download)
+    download.set_defaults(func=cmd_download)
     return parser
 
 
@@ -575,6 +622,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     args.argv = argv
+    if getattr(args, "data_url", None):
+        os.environ["FLATSAM_MIRROR"] = args.data_url  # read by every dataset download
     debug = os.environ.get("FLATSAM_DEBUG", "") not in ("", "0")
     try:
         return args.func(args)

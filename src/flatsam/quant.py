@@ -204,9 +204,11 @@ def parse_spec(text: str) -> tuple[int, int]:
 def load_full_precision(model: nn.Module, path: str | Path) -> None:
     """Load a full-precision model's weights: a flatsam run folder or ``checkpoint.pt`` (its ``model``
     entry) or a plain state dict file."""
+    from flatsam.train.records import CHECKPOINT
+
     path = Path(path)
     if path.is_dir():
-        path = path / "checkpoint.pt"
+        path = path / CHECKPOINT
     if not path.is_file():
         raise FileNotFoundError(f"quantize_init: no checkpoint at {path}")
     state = load_tensors(path, "quantize_init checkpoint")

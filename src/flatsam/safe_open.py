@@ -23,12 +23,15 @@ class RunFileError(ValueError):
     """A file that is not a regular file (a symlink, FIFO, device or folder) or is too big to read."""
 
 
+def printable(text: str) -> str:
+    """``text`` with every control character (escape sequences, newlines, ...) written as its escape."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def shown(data: bytes | str, limit: int = 40) -> str:
     """``data`` safe to print in one line: at most ``limit`` characters, control characters escaped."""
     text = data.decode(errors="replace") if isinstance(data, bytes) else data
-    cut = text[:limit]
-    escaped = "".join(c if c.isprintable() else repr(c)[1:-1] for c in cut)
-    return escaped + ("…" if len(text) > limit else "")
+    return printable(text[:limit]) + ("…" if len(text) > limit else "")
 
 
 def _kind(mode: int) -> str:

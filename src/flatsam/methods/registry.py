@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from flatsam.engine import SharpnessAware, _flatten
+from flatsam.validate import check_device, check_seed
 
 BaseOptimizer = type[torch.optim.Optimizer] | torch.optim.Optimizer
 
@@ -165,8 +166,6 @@ _ANNOTATED: dict[str, tuple[type, ...]] = {
     "None": (type(None),),
     "torch.device": (str, torch.device),
 }
-#: Seeds are 64-bit: torch's generators take at most 2**64 - 1; flatsam derives seed + 1 from some.
-MAX_SEED = 2**63 - 2
 
 
 def _annotated_kind(annotation: str) -> tuple[type, ...] | None:
@@ -182,22 +181,10 @@ def _annotated_kind(annotation: str) -> tuple[type, ...] | None:
 def _check_special(name: str, value: Any) -> None:
     """Seeds within torch's range; device names that torch parses and that are present."""
     key = name.rsplit(".", 1)[-1].removeprefix("option ")
-    if value is None:
-        return
-    seed = key == "seed" or key.endswith("_seed")
-    if seed and (not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_SEED):
-        raise ValueError(f"{name} must be an integer in [0, {MAX_SEED}] or none, got {value!r}")
+    if key == "seed" or key.endswith("_seed"):
+        check_seed(name, value)
     if key == "device" or key.endswith("_device"):
-        try:
-            device = torch.device(value)
-        except (RuntimeError, TypeError):
-            raise ValueError(
-                f"{name} must be a device name (cpu, cuda, cuda:N) or none, got {value!r}"
-            ) from None
-        if device.type == "cuda" and not (
-            torch.cuda.is_available() and (device.index or 0) < torch.cuda.device_count()
-        ):
-            raise ValueError(f"{name}: device {value!r} is not available here; use cpu or none")
+        check_device(name, value)
 
 
 def _check_value(name: str, value: Any, default: Any, annotation: str = "") -> None:

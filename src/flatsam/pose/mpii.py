@@ -64,11 +64,12 @@ def read_annotations(path: str | Path) -> list[dict[str, Any]]:
         missing = [key for key in ("image", "center", "scale", "joints", "joints_vis") if key not in record]
         if missing:
             raise _fail(path, where, f"missing keys {missing}")
-        if not isinstance(record["image"], str) or not record["image"]:
-            raise _fail(path, where, f"'image' must be a file name, got {record['image']!r}")
+        image = record["image"]
+        if not isinstance(image, str) or not image or Path(image).name != image or image in (".", ".."):
+            raise _fail(path, where, f"'image' must be a file name in images/, got {image!r:.80}")
         scale = record["scale"]
-        if not isinstance(scale, (int, float)) or not scale > 0:
-            raise _fail(path, where, f"'scale' must be a number > 0, got {scale!r}")
+        if isinstance(scale, bool) or not isinstance(scale, int | float) or not 0 < scale < math.inf:
+            raise _fail(path, where, f"'scale' must be a finite number > 0, got {scale!r:.80}")
         box = record.get("headbox")
         out.append(
             {

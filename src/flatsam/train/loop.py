@@ -28,6 +28,7 @@ from flatsam.train.progress import bar_figures, epoch_line
 from flatsam.train.rundir import claim
 from flatsam.train.tasks import Task, build_model_for, classification_metrics, get_task
 from flatsam.train.totals import Totals
+from flatsam.validate import check_component_state
 
 
 def resolve_device(name: str) -> torch.device:
@@ -240,6 +241,17 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
 RESUME_MAY_CHANGE = ("run_dir", "threads", "log")
 
 
+def check_optimizer_state(fresh: dict[str, Any], saved: Any) -> None:
+    """The components' and counters' state in a checkpoint (``saved``) against a fresh optimizer's of the
+    same method (``fresh``): same fields, tensors and numbers where they belong (``flatsam.validate``);
+    the base optimizer's state is checked by torch when it loads."""
+    if not isinstance(saved, dict):
+        raise TypeError(f"the optimizer state is a {type(saved).__name__}, not a dict")
+    for name, current in fresh.items():
+        if name != "base" and isinstance(current, dict):
+            check_component_state(name, current, saved.get(name))
+
+
 class Interrupted(Exception):
     """Raised when a run stops on Ctrl-C or SIGTERM (or a test's simulated one); ``signum`` names the
     signal, ``saved`` says whether a checkpoint of the stopping point was written."""
@@ -354,6 +366,7 @@ class Run:
     def _load(self, state: dict[str, Any], path: Path) -> None:
         s = self.setup
         try:
+            check_optimizer_state(s.optimizer.state_dict(), state["optimizer"])
             launch.unwrap(s.model).load_state_dict(state["model"])
             s.optimizer.load_state_dict(state["optimizer"])
             s.scheduler.load_state_dict(state["scheduler"])

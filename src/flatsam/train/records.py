@@ -159,7 +159,38 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     saved = state.pop("digest", None)  # absent in checkpoints written before digests: not checked
     if saved is not None and saved != digest(state):
         raise CheckpointError(f"checkpoint {path} has been altered or damaged (its digest does not match)")
+    problem = checkpoint_problem(state)
+    if problem:
+        raise CheckpointError(f"checkpoint {path} is not usable: {problem}")
     return state
+
+
+def checkpoint_problem(state: dict[str, Any]) -> str | None:
+    """What is impossible in a checkpoint whose entries have the right types (``None``: nothing): the
+    position (epoch, batch) against the metrics and the run's epochs, the RNG state's size and the
+    counters (see ``flatsam.train.totals.Totals.from_dict``)."""
+    from flatsam.train.totals import Totals
+
+    epoch, batch, metrics = state["epoch"], state["batch"], state["metrics"]
+    epochs = state["config"].get("epochs")
+    if epoch < 0 or batch < 0:
+        return f"epoch {epoch}, batch {batch} (both must be >= 0)"
+    if isinstance(epochs, int) and (epoch > epochs or (epoch == epochs and batch)):
+        return f"epoch {epoch}, batch {batch} lies past the run's {epochs} epochs"
+    if len(metrics) != epoch or not all(isinstance(row, dict) for row in metrics):
+        return f"epoch {epoch} with {len(metrics)} per-epoch metric rows (one per finished epoch expected)"
+    rng, expected = state["torch_rng"], torch.get_rng_state()
+    if rng.dtype != expected.dtype or rng.shape != expected.shape:
+        return f"torch_rng is a {rng.dtype} tensor of shape {tuple(rng.shape)}, not {tuple(expected.shape)}"
+    processes = state.get("processes", 1)
+    if not isinstance(processes, int) or isinstance(processes, bool) or processes < 1:
+        return f"processes is {shown(repr(processes))}"
+    try:
+        Totals.from_dict(state["totals"], "totals")
+        Totals.from_dict(state["epoch_totals"], "epoch_totals")
+    except ValueError as error:
+        return shown(str(error), 200)
+    return None
 
 
 def plain_config(config: dict[str, Any]) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from flatsam.safe_open import printable
 from flatsam.train import analysis, promise, records
 
 
@@ -98,6 +99,9 @@ def load_run(folder: Path) -> RunRecord:
             raise ValueError(f"{config_path}: {key!r} is not a JSON object")
     _check_result(folder / records.RESULT, result)
     _check_metrics(folder / records.METRICS, metrics)
+    for key in ("method", "label"):  # shown in tables, plots and messages: no escape sequences
+        if isinstance(result.get(key), str):
+            result[key] = printable(result[key])
     return RunRecord(folder, saved.get("config", {}), saved.get("environment", {}), result, metrics)
 
 
