@@ -14,12 +14,12 @@ from reference import tiny_mlp, toy_data
 KW = dict(lr=0.1, momentum=0.9, weight_decay=1e-3)
 
 
-def _worker(rank: int, world: int, init_file: str, out: str) -> None:
+def _worker(rank: int, world: int, init_file: str, out: str, train: str = "ausam") -> None:
     torch.distributed.init_process_group(
         "gloo", init_method=f"file://{init_file}", rank=rank, world_size=world
     )
     try:
-        _train(rank, out)
+        TRAIN[train](rank, out)
     finally:
         gc.collect()  # the DDP model goes before its process group (pytorch/pytorch#56297)
         torch.distributed.destroy_process_group()
@@ -65,14 +65,53 @@ def _train(rank: int, out: str) -> None:
     )
 
 
-def spawn_two(tmp_path, attempts: int = 2) -> str:
+def _train_saf_gsam(rank: int, out: str) -> None:
+    """SAF's logits table (written with every rank's rows) and GSAM's corrected descent, under DDP."""
+    torch.set_num_threads(1)
+    x, y = toy_data(n=48, seed=rank + 1)
+    offset = 24 * rank
+    models = [torch.nn.parallel.DistributedDataParallel(tiny_mlp()) for _ in range(2)]
+    saf = flatsam.SAF(
+        models[0].parameters(), model=models[0], num_samples=48, lag_epochs=1, start_epoch=0, **KW
+    )
+    gsam = flatsam.GSAM(models[1].parameters(), model=models[1], rho=0.1, **KW)
+    for epoch in range(3):
+        saf.set_epoch(epoch)
+        for local in torch.arange(24).split(6):
+            index = local + offset
+
+            def closure(rows, local=local, index=index):
+                logits = models[0](x[local[rows]])
+                losses = F.cross_entropy(logits, y[local[rows]], reduction="none")
+                return saf.add_trajectory_loss(losses, logits, index[rows])
+
+            saf.step(closure, index=index)
+            gsam.step(
+                lambda rows, local=local: F.cross_entropy(
+                    models[1](x[local[rows]]), y[local[rows]], reduction="none"
+                )
+            )
+    torch.save(
+        {
+            "history": saf.trajectory.history,
+            "weights": [p.detach() for m in models for p in m.parameters()],
+        },
+        f"{out}.{rank}",
+    )
+
+
+TRAIN = {"ausam": _train, "saf+gsam": _train_saf_gsam}
+
+
+def spawn_two(tmp_path, attempts: int = 2, train: str = "ausam") -> str:
     """Run ``_worker`` on two ranks; returns the results' path prefix. About one launch in 16 aborts in
     gloo's teardown ("terminate called without an active exception", SIGABRT, measured both before and
     after the engine change of 2026-12-02), so an abort is retried once, with a warning that says so."""
     for attempt in range(attempts):
         out = str(tmp_path / f"result{attempt}")
         try:
-            torch.multiprocessing.spawn(_worker, args=(2, str(tmp_path / f"init{attempt}"), out), nprocs=2)
+            init = str(tmp_path / f"init{attempt}")
+            torch.multiprocessing.spawn(_worker, args=(2, init, out, train), nprocs=2)
             return out
         except torch.multiprocessing.ProcessExitedException as error:
             if error.signal_name != "SIGABRT" or attempt == attempts - 1:
@@ -89,5 +128,14 @@ def test_ranks_share_history_and_skip_together(tmp_path):
     assert (a["count"][:24] > 1).any() and (a["count"][24:] > 1).any()
     assert a["skipped"] == b["skipped"] and sum(a["skipped"]) == 1
     assert torch.equal(a["scores"], b["scores"]) and (a["scores"] != 3.0).all()
+    for p, q in zip(a["weights"], b["weights"], strict=True):
+        assert torch.equal(p, q)
+
+
+def test_ranks_share_safs_table_and_gsams_steps(tmp_path):
+    out = spawn_two(tmp_path, train="saf+gsam")
+    a, b = (torch.load(f"{out}.{rank}", weights_only=False) for rank in range(2))
+    assert torch.equal(a["history"], b["history"]) and a["history"].shape == (48, 2, 3)
+    assert (a["history"].abs().sum(dim=2) > 0).all()  # every row of both ranks, both slots, written
     for p, q in zip(a["weights"], b["weights"], strict=True):
         assert torch.equal(p, q)
