@@ -348,15 +348,21 @@ def test_scalar_loss_is_a_type_error_that_says_what_to_return():
         opt.step(lambda rows: F.cross_entropy(model(x[rows]), y[rows]), batch_size=8)
 
 
-def test_missing_index_after_warmup_raises():
+@pytest.mark.parametrize("name", ["ausam", "infobatch"])
+def test_a_history_method_refuses_batch_size_at_its_first_step(name):
+    """Refused at once, warm-up or not, with a message naming every way to supply the indices."""
     x, y = toy_data()
     model = tiny_mlp()
-    opt = make("ausam", model)
+    if name == "ausam":
+        opt = make(name, model)
+    else:
+        opt = flatsam.InfoBatchSAM(model.parameters(), torch.optim.SGD, num_samples=24, epochs=3, **KW)
     opt.set_epoch(0)
-    opt.step(per_sample(model, x, y, torch.arange(8)), batch_size=8)  # allowed in the warm-up
-    opt.set_epoch(1)
-    with pytest.raises(ValueError, match="AUSAM needs the dataset indices"):
-        opt.step(per_sample(model, x, y, torch.arange(8)), batch_size=8)
+    before = [p.detach().clone() for p in model.parameters()]
+    for how in ("IndexedDataset", "'index' column", "sam_index"):
+        with pytest.raises(ValueError, match=f"every step needs index=.*{how}"):
+            opt.step(per_sample(model, x, y, torch.arange(8)), batch_size=8)
+    assert opt.step_count == 0 and all(torch.equal(a, p) for a, p in zip(before, model.parameters()))
 
 
 def test_missing_closure_and_batch_size_raise():
@@ -382,7 +388,7 @@ def test_registry_builds_every_method_and_rejects_unknown_names():
     model = tiny_mlp()
     for name in flatsam.METHODS:
         opt = flatsam.build_method(
-            name, model.parameters(), torch.optim.SGD, num_samples=24, total_steps=10, epochs=2, lr=0.1
+            name, model.parameters(), model=model, num_samples=24, total_steps=10, epochs=2, lr=0.1
         )
         assert isinstance(opt, flatsam.SharpnessAware)
     with pytest.raises(ValueError, match="valid methods: .*ausam.*sam"):

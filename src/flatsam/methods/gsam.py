@@ -178,13 +178,15 @@ register(
         "SAM with ρ following the LR and the clean gradient's orthogonal part subtracted (2 passes)",
         "Zhuang et al., ICLR 2022",
         {
-            "rho": Default(0.05, "SAM's CIFAR-10 value; the paper's ResNet ρ_max is 0.04 (Table 4)"),
+            "rho": Default(
+                0.05, "SAM's CIFAR-10 value (Foret et al., ICLR 2021); GSAM's ResNet ρ_max 0.04 (Table 4)"
+            ),
             "alpha": Default(0.4, f"{_CODE} example/train.py (--alpha); paper Table 4: 0.005-1.0"),
             "rho_min": Default(
                 None, "our choice: half of rho, the ratio of the paper's ResNet rows (Table 4: 0.04 → 0.02)"
             ),
             "lr_max": Default(
-                None, "the base learning rate when built (official: max_lr, the schedule's peak)"
+                None, f"our choice: the learning rate when built ({_CODE} gsam/scheduler.py: max_lr by hand)"
             ),
             "lr_min": Default(0.0, f"{_CODE} example/train.py: cosine schedule to 0"),
             "adaptive": Default(False, f"{_CODE} gsam/gsam.py class default; paper Table 4"),
