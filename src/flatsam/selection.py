@@ -6,7 +6,7 @@ import math
 import numbers
 import warnings
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 
@@ -382,6 +382,88 @@ class ADLPSampler(Selection):
             f"ramp_epochs={self.ramp_epochs}, warmup_epochs={self.warmup_epochs}, "
             f"average={self.average!r}"
         )
+
+
+class RobustADLPSampler(ADLPSampler):
+    """AUSAM's ADLP sampling made less eager to draw mislabelled rows (**ours, not the paper's**).
+
+    Under label noise a mislabelled row's loss moves most under the perturbation, so ADLP draws such rows
+    more often than their share (``ADLPSampler``). Two changes, each off at its neutral value (both
+    neutral: exactly ``ADLPSampler``'s draws):
+
+    - ``uniform_mix`` λ: draw from (1 − λ)·p_ADLP + λ/B, a mixture of ADLP and uniform sampling (uniform
+      sampling of the same half batch ended level with SAM in flatsam's 143-epoch control, ADLP below).
+    - ``loss_quantile`` q: only rows whose last recorded clean loss is at most the m-th smallest of the
+      batch's, m = max(⌊keep·B⌋, ⌈q·B⌉), can be drawn (ties included), so the rows the model fits worst —
+      under label noise, mostly the mislabelled ones — are left out. A row's loss is the clean-pass loss
+      of the last step that trained on it (the warm-up records every row); rows never seen count as 0,
+      i.e. can be drawn. The loss of a row left out is not refreshed until a warm-up, so it stays out: a
+      hard but correctly labelled row can be left out too (that is the price, to be measured).
+
+    Probabilities of rows left out are 0; the others keep their mixed weights, renormalised. Everything
+    else (history, warm-up, ramp, ``keep``) is ``ADLPSampler``'s; ``options`` go to it.
+    """
+
+    state_fields = (*ADLPSampler.state_fields, "last_loss")
+
+    def __init__(
+        self, num_samples: int, uniform_mix: float = 0.0, loss_quantile: float = 1.0, **options: Any
+    ) -> None:
+        super().__init__(num_samples, **options)
+        self._robust(uniform_mix, loss_quantile)
+
+    @classmethod
+    def taking_over(cls, sampler: ADLPSampler, uniform_mix: float, loss_quantile: float) -> RobustADLPSampler:
+        """A robust sampler with ``sampler``'s settings, history and generator (used by a preset built on
+        AUSAM's constructor, so that no extra random number is drawn)."""
+        robust = cls.__new__(cls)
+        robust.__dict__.update(sampler.__dict__)
+        robust._robust(uniform_mix, loss_quantile)
+        return robust
+
+    def _robust(self, uniform_mix: float, loss_quantile: float) -> None:
+        if not 0.0 <= uniform_mix <= 1.0:
+            raise ValueError(f"uniform_mix must be in [0, 1], got {uniform_mix}")
+        self.loss_quantile = check_fraction("loss_quantile", loss_quantile)
+        self.uniform_mix = float(uniform_mix)
+        self.last_loss = torch.zeros(self.num_samples, device=self.device)
+
+    def eligible(self, index: torch.Tensor) -> torch.Tensor:
+        """Which rows of the batch (dataset indices ``index``, checked) may be drawn (a bool mask)."""
+        losses = self.last_loss[index]
+        m = max(kept_rows(self.keep, len(index)), math.ceil(self.loss_quantile * len(index)))
+        if m >= len(index):
+            return torch.ones_like(losses, dtype=torch.bool)
+        return losses <= torch.kthvalue(losses, m).values
+
+    def _probabilities(self, index: torch.Tensor, epoch: int | None) -> torch.Tensor:
+        probs = super()._probabilities(index, epoch)
+        if self.uniform_mix == 0.0 and self.loss_quantile == 1.0:
+            return probs
+        probs = (1.0 - self.uniform_mix) * probs + self.uniform_mix / len(probs)
+        probs = torch.where(self.eligible(index), probs, 0.0)
+        return probs / probs.sum()
+
+    def _record(
+        self,
+        index: torch.Tensor,
+        loss_before: torch.Tensor,
+        loss_after: torch.Tensor,
+        grad_norm: torch.Tensor | float | None,
+        rho: float | None,
+        epoch: int | None,
+        skip: torch.Tensor | None = None,
+    ) -> None:
+        """``ADLPSampler``'s record, then the clean losses of the rows trained on (kept where ``skip``)."""
+        super()._record(index, loss_before, loss_after, grad_norm, rho, epoch, skip)
+        rows, losses = gather_rows(index.to(loss_before.device), loss_before.detach().float())
+        rows, losses = rows.to(self.device), losses.to(self.device, self.last_loss.dtype)
+        if skip is not None:
+            losses = torch.where(skip.to(self.device), self.last_loss[rows], losses)
+        self.last_loss[rows] = losses
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, uniform_mix={self.uniform_mix}, loss_quantile={self.loss_quantile}"
 
 
 def top_rows(values: torch.Tensor, count: int) -> torch.Tensor:

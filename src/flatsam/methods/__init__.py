@@ -6,6 +6,7 @@ from flatsam.methods.registry import METHODS, Default, MethodInfo, build_method,
 from flatsam.methods.classic import ASAM, SAM, SGD
 from flatsam.methods.ausam import AUSAM
 from flatsam.methods import sampled, scheduled, gsam, saf, custom  # noqa: F401  (they register their presets)
+from flatsam.methods import robust  # noqa: F401  (ausam-mix, ausam-lowloss: ours)
 from flatsam.methods.custom import Composed
 
 __all__ = [

@@ -1,0 +1,185 @@
+"""The robust ADLP candidates (ausam-mix, ausam-lowloss: ours) against a literal slow transcription, their
+neutral options against AUSAM itself, and what they draw."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import flatsam
+from flatsam.selection import ADLPSampler, RobustADLPSampler
+from helpers import LR, MOMENTUM, SETTINGS, WD, assert_matches, batches
+from reference import MomentumSGD, ReferenceAUSAM, sam_epsilon, sharpness_aware_step, toy_data
+
+
+class ReferenceRobustAUSAM(ReferenceAUSAM):
+    """AUSAM's transcription with the robust draw written out: p = (1 − λ)·p_ADLP + λ/B; rows whose last
+    recorded clean loss L is above the m-th smallest of the batch (m = max(⌊keep·B⌋, ⌈q·B⌉)) get p = 0;
+    p renormalised; L of the trained rows set to their clean losses (float32, initially 0)."""
+
+    def __init__(self, *args, mix: float, quantile: float, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.mix, self.quantile = mix, quantile
+        self.L = torch.zeros(len(self.S))
+
+    def rows(self, epoch: int, idx: torch.Tensor) -> torch.Tensor:
+        if epoch < self.warmup:
+            return torch.arange(len(idx))
+        a = self.S[idx] / self.C[idx]
+        lo, hi = a.min(), a.max()
+        if hi > lo:
+            s = (a - lo) / (hi - lo) * (self.s_hi(epoch) - self.s_min) + self.s_min
+        else:
+            s = torch.full_like(a, self.s_min)
+        p = (1 - self.mix) * (s / s.sum()) + self.mix / len(idx)
+        k = max(1, math.floor(self.keep * len(idx)))
+        m = max(k, math.ceil(self.quantile * len(idx)))
+        if m < len(idx):
+            cutoff = sorted(self.L[idx].tolist())[m - 1]
+            p = torch.tensor(
+                [pi if float(li) <= cutoff else 0.0 for pi, li in zip(p, self.L[idx], strict=True)]
+            )
+            p = p / p.sum()
+        return torch.multinomial(p, k, replacement=False, generator=self.gen)
+
+    def step(self, w, epoch, idx):
+        rows = self.rows(epoch, idx)
+        w, l0, l1 = sharpness_aware_step(
+            self.problem, self.opt, w, idx[rows], lambda _w, g: sam_epsilon(g, self.rho)
+        )
+        self.record(epoch, idx[rows], (l1 - l0).abs().float())
+        self.L[idx[rows]] = l0.float()
+        return w
+
+
+def build(name: str, model, n: int, **overrides):
+    return flatsam.build_method(
+        name,
+        model.parameters(),
+        torch.optim.SGD,
+        model=model,
+        num_samples=n,
+        overrides=dict(ramp_epochs=2, warmup_epochs=1, seed=11, **overrides),
+        lr=LR,
+        momentum=MOMENTUM,
+        weight_decay=WD,
+    )
+
+
+@pytest.mark.parametrize("setting", SETTINGS, ids=str)
+@pytest.mark.parametrize("batch", [8, 7])
+@pytest.mark.parametrize(
+    ("name", "mix", "quantile"),
+    [("ausam-mix", 0.5, 1.0), ("ausam-lowloss", 0.0, 0.7), ("both", 0.3, 0.6)],
+)
+def test_robust_ausam_matches_transcription(name, mix, quantile, batch, setting):
+    x, y = toy_data(n=28)
+    model = setting.model()
+    problem = setting.problem(model, x, y)
+    ref = ReferenceRobustAUSAM(
+        problem,
+        MomentumSGD(LR, MOMENTUM, WD),
+        len(x),
+        rho=0.05,
+        keep=0.5,
+        s_min=0.1,
+        s_max=0.5,
+        ramp=2,
+        warmup=1,
+        seed=11,
+        mix=mix,
+        quantile=quantile,
+    )
+    preset = "ausam-mix" if name == "both" else name
+    opt = build(preset, model, len(x), uniform_mix=mix, loss_quantile=quantile)
+    assert opt.rho == 0.05 and isinstance(opt.selection, RobustADLPSampler)
+    w = problem.weights()
+    for epoch, epoch_batches in enumerate(batches(len(x), batch, 4)):
+        opt.set_epoch(epoch)
+        for idx in epoch_batches:
+            w = ref.step(w, epoch, idx)
+            info = opt.step(setting.closure(model, x, y, idx), index=idx)
+            assert info.ascent_rows == (len(idx) if epoch == 0 else len(idx) // 2)
+    assert_matches(model, opt, w, ref.opt, problem)
+    torch.testing.assert_close(opt.selection.dlp_sum, ref.S)
+    torch.testing.assert_close(opt.selection.dlp_count, ref.C)
+    torch.testing.assert_close(opt.selection.last_loss, ref.L)
+
+
+def test_neutral_options_are_ausam_step_for_step():
+    x, y = toy_data(n=28)
+    models = [SETTINGS[0].model(), SETTINGS[0].model()]
+    opts = [
+        build("ausam", models[0], len(x), rho=0.05),
+        build("ausam-mix", models[1], len(x), uniform_mix=0.0, loss_quantile=1.0),
+    ]
+    for epoch, epoch_batches in enumerate(batches(len(x), 8, 4)):
+        for model, opt in zip(models, opts, strict=True):
+            opt.set_epoch(epoch)
+            for idx in epoch_batches:
+                opt.step(SETTINGS[0].closure(model, x, y, idx), index=idx)
+    for a, b in zip(models[0].parameters(), models[1].parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
+def fitted_sampler(**options) -> tuple[RobustADLPSampler, torch.Tensor]:
+    """A sampler past its warm-up whose history makes ADLP favour rows 0-3 of an 8-row batch by far, and
+    whose recorded losses put exactly those rows (the 'mislabelled' ones) worst."""
+    sampler = RobustADLPSampler(8, keep=0.5, ramp_epochs=0, warmup_epochs=0, seed=0, **options)
+    index = torch.arange(8)
+    loss = torch.tensor([5.0, 5, 5, 5, 0.1, 0.1, 0.1, 0.1])
+    sampler.update(index, torch.zeros(8), loss)  # DLP = the loss
+    sampler.last_loss[index] = loss
+    return sampler, index
+
+
+def test_the_loss_quantile_leaves_out_the_worst_fitted_rows():
+    sampler, index = fitted_sampler(loss_quantile=0.5)
+    probs = sampler.probabilities(index)
+    assert probs[:4].sum() == 0 and probs.sum() == pytest.approx(1.0)
+    for _ in range(20):
+        assert sorted(sampler.select(index).tolist()) == [4, 5, 6, 7]
+
+
+def test_the_uniform_mix_gives_every_row_a_floor():
+    plain, index = fitted_sampler()
+    mixed, _ = fitted_sampler(uniform_mix=0.5)
+    p, q = plain.probabilities(index), mixed.probabilities(index)
+    assert torch.allclose(q, 0.5 * p + 0.5 / 8)
+    assert q[4:].min() > p[4:].min() and q.min() >= 0.5 / 8 - 1e-7
+
+
+def test_recorded_losses_are_in_the_state_and_resume():
+    sampler, index = fitted_sampler(loss_quantile=0.7)
+    state = sampler.state_dict()
+    other = RobustADLPSampler(8, keep=0.5, ramp_epochs=0, warmup_epochs=0, seed=5, loss_quantile=0.7)
+    other.load_state_dict(state)
+    assert torch.equal(other.last_loss, sampler.last_loss)
+    assert torch.equal(other.select(index), sampler.select(index))  # the generator came along too
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (dict(uniform_mix=1.5), "uniform_mix must be in"),
+        (dict(uniform_mix=-0.1), "uniform_mix must be in"),
+        (dict(loss_quantile=0.0), "loss_quantile must be in"),
+        (dict(loss_quantile=1.2), "loss_quantile must be in"),
+    ],
+)
+def test_bad_options_are_refused_by_name(options, message):
+    with pytest.raises(ValueError, match=message):
+        RobustADLPSampler(8, **options)
+    with pytest.raises(ValueError, match=message):
+        build("ausam-mix", SETTINGS[0].model(), 28, **options)
+
+
+def test_presets_say_where_their_values_come_from():
+    for name, key in (("ausam-mix", "uniform_mix"), ("ausam-lowloss", "loss_quantile")):
+        info = flatsam.method_info(name)
+        assert "ours" in info.paper and "not tuned" in info.defaults[key].source
+        assert info.defaults["rho"].value == 0.05 and not info.sam_rho
+    assert flatsam.method_info("ausam").defaults["rho"].value == 0.1  # the authors' AUSAM is unchanged
+    assert type(build("ausam", SETTINGS[0].model(), 28).selection) is ADLPSampler
