@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -238,16 +239,12 @@ class _TrajectoryMethod(SharpnessAware):
         term = self.__dict__.get("trajectory")
         return parts if term is None else {**parts, "trajectory": term}
 
-    def add_trajectory_loss(
-        self,
-        losses: torch.Tensor,
-        logits: torch.Tensor,
-        index: torch.Tensor | None = None,
-        inputs: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """Per-sample ``losses`` plus the trajectory term; ``logits`` are the model's outputs for these rows
+    @property
+    def add_trajectory_loss(self) -> Callable[..., torch.Tensor]:
+        """``opt.add_trajectory_loss(losses, logits, index=None, inputs=None)``: per-sample ``losses`` plus
+        the trajectory term (``TrajectoryLoss.losses``); ``logits`` are the model's outputs for these rows
         (with their graph), ``index`` their dataset indices (SAF), ``inputs`` their inputs (MESA)."""
-        return self.trajectory.losses(losses, logits, index, inputs)
+        return self.trajectory.losses
 
 
 class SAF(_TrajectoryMethod):
