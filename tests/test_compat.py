@@ -174,20 +174,58 @@ def test_two_step_api_honours_the_schedule(name):
         torch.testing.assert_close(p, q, rtol=1e-10, atol=1e-12)
 
 
-def test_backward_after_a_first_step_without_ascent_is_an_error():
+def both_passes_loop(opt, model, x, y, order):
+    """pytorch_optimizer's LookSAM example: both forward/backward passes on every step, whatever
+    first_step decided (with zero_grad=True, as that example passes)."""
+    ascents = []
+    for idx in order:
+        mean_loss(model, x, y, idx).backward()
+        ascents.append(opt.first_step(zero_grad=True))
+        mean_loss(model, x, y, idx).backward()
+        assert opt.second_step(zero_grad=True)
+    return ascents
+
+
+@pytest.mark.parametrize("name", ["looksam", "aesam", "sssam", "arsam"])
+def test_a_loop_that_always_runs_both_passes_gives_the_engines_model(name):
+    """On a step without ascent the second backward (at the same weights) replaces the clean gradient
+    instead of adding to it, so the model is the one of the engine's own steps."""
+    x, y = toy_data()
+    a, b = tiny_mlp(), tiny_mlp()
+    overrides = {
+        "looksam": {"k": 3},
+        "aesam": {"init": "first", "lambda1": 0.0, "lambda2": 0.0},
+        "sssam": {"seed": 4},
+        "arsam": {"seed": 4, "warmup_epochs": 0, "window": 4, "blocks": 2},
+    }[name]
+
+    def build(model):
+        return flatsam.build_method(
+            name, model.parameters(), total_steps=12, overrides={"rho": RHO, **overrides}, **KW
+        )
+
+    opt_a, opt_b = build(a), build(b)
+    infos = [opt_a.step(closure_for(a, x, y, idx), index=idx) for idx in order() + order()]
+    ascents = both_passes_loop(opt_b, b, x, y, order() + order())
+    assert ascents == [info.ascent for info in infos] and 0 < sum(ascents) < len(ascents)
+    for p, q in zip(a.parameters(), b.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-10, atol=1e-12)
+
+
+def test_a_second_backward_added_to_the_clean_gradient_is_refused():
+    """Without zero_grad the second backward of a step without ascent would add to the clean gradient."""
     x, y = toy_data()
     model = tiny_mlp()
     opt = flatsam.LookSAM(model.parameters(), torch.optim.SGD, k=2, **KW)
     idx = torch.arange(8)
-    davda54_two_step_loop_once = [True, False]
-    for expected in davda54_two_step_loop_once:
+    for expected in [True, False]:
         mean_loss(model, x, y, idx).backward()
-        assert opt.first_step(zero_grad=True) is expected
+        assert opt.first_step(zero_grad=expected) is expected
         mean_loss(model, x, y, idx).backward()
         if expected:
             opt.second_step(zero_grad=True)
     weights = copy.deepcopy(model.state_dict())
-    with pytest.raises(RuntimeError, match="only when first_step\\(\\) returns True"):
+    with pytest.raises(RuntimeError, match=r"first_step\(zero_grad=True\)"):
         opt.second_step()
     assert all(torch.equal(v, weights[k]) for k, v in model.state_dict().items())
     opt.step(closure_for(model, x, y, idx), index=idx)  # usable again

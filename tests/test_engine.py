@@ -362,7 +362,8 @@ def test_a_history_method_refuses_batch_size_at_its_first_step(name):
     for how in ("IndexedDataset", "'index' column", "sam_index"):
         with pytest.raises(ValueError, match=f"every step needs index=.*{how}"):
             opt.step(per_sample(model, x, y, torch.arange(8)), batch_size=8)
-    assert opt.step_count == 0 and all(torch.equal(a, p) for a, p in zip(before, model.parameters()))
+    unchanged = all(torch.equal(a, p) for a, p in zip(before, model.parameters(), strict=True))
+    assert opt.step_count == 0 and unchanged
 
 
 def test_missing_closure_and_batch_size_raise():

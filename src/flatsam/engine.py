@@ -1,4 +1,5 @@
-"""The sharpness-aware engine: plan → ascent → descent → reuse → record, around any base optimizer."""
+"""The sharpness-aware engine: each step builds a plan of passes (:mod:`flatsam.plan`) and one loop walks
+it; the base optimizer steps at the end (:class:`SharpnessAware`)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import contextlib
 import inspect
 import math
 import numbers
-import types
+import sys
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
@@ -16,104 +17,41 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from flatsam import amp, plan
+from flatsam.closures import (
+    INDEX_HOWTO,
+    Closure,
+    check_losses,
+    checked_index,
+    checked_sizes,
+    detached,
+    per_micro_batch,
+    reduce,
+    takes_rows,
+)
 from flatsam.component import Component, Outcome, StepContext
-from flatsam.distributed import all_ranks_agree
 from flatsam.perturbation import Perturbation, SAMPerturbation, total_norm
+from flatsam.plan import BACKWARD, FORWARD, Kind, Pass
 from flatsam.reuse import NoReuse, Reuse
 from flatsam.schedule import Always, Schedule
 from flatsam.selection import AllRows, RowPlan, Selection, all_rows, every_row
 from flatsam.skipping import Verdict, clones, masked_step
+from flatsam.stepinfo import Counter, StepInfo
 
-#: ``closure(rows)``: per-sample losses of the batch rows ``rows`` (``slice(None)`` = every row, in order)
-Closure = Callable[[Any], torch.Tensor]
+__all__ = ["SharpnessAware", "StepInfo", "running_stats_frozen"]
 
+_takes_rows = takes_rows  # the name the framework adapters import
 
-@dataclass(frozen=True)
-class StepInfo:
-    """What one ``step`` did. Counts are Python ints; the loss stays a tensor until you read ``loss``, and
-    whether the step was skipped (a non-finite loss or gradient), when the engine kept that flag on the
-    device (``sync_free``), stays there until you read ``skipped``, ``reason``, ``ascent``,
-    ``ascent_rows`` or ``descent_rows``: the first of them reads the step's flag on the host once (a
-    synchronisation on an accelerator); a skipped step reports no ascent and no rows.
-
-    ``ran_ascent``, ``ran_ascent_rows`` and ``ran_descent_rows`` say what ran, without reading anything
-    (on a step skipped on the device the passes ran, and were undone). ``forward_samples``/
-    ``backward_samples`` count rows through forward and backward (of every pass that ran); a no-grad
-    scoring forward (K-SAM, ESAM) counts as a forward only. ``cost`` weighs them in SGD passes (see there).
-    """
-
-    loss_tensor: torch.Tensor | None
-    ran_ascent: bool
-    ran_ascent_rows: int
-    ran_descent_rows: int
-    forward_passes: int
-    backward_passes: int
-    forward_samples: int
-    backward_samples: int
-    rho: float
-    batch_size: int
-    verdict: Verdict = field(default_factory=Verdict)
-
-    @property
-    def skipped(self) -> bool:
-        """Whether the step left the weights and the optimizer state unchanged."""
-        return self.verdict.skipped
-
-    @property
-    def reason(self) -> str | None:
-        """Why the step was skipped, else None."""
-        return self.verdict.reason
-
-    @property
-    def ascent(self) -> bool:
-        """Whether the step was a sharpness-aware step (ran an ascent and was not skipped)."""
-        return self.ran_ascent and not self.skipped
-
-    @property
-    def ascent_rows(self) -> int:
-        """Rows of the ascent pass (0 without ascent or when skipped)."""
-        return self.ran_ascent_rows if self.ascent else 0
-
-    @property
-    def descent_rows(self) -> int:
-        """Rows of the pass whose gradient stepped the weights (0 when skipped)."""
-        return 0 if self.skipped else self.ran_descent_rows
-
-    @property
-    def loss(self) -> float:
-        """Mean clean loss over the rows of the clean pass (``nan`` when none ran)."""
-        return float("nan") if self.loss_tensor is None else float(self.loss_tensor)
-
-    @property
-    def cost(self) -> float:
-        """Compute of this step in SGD steps on the same batch, counting a backward as twice a forward:
-        (forward_samples + 2·backward_samples) / (3·batch_size). SGD = 1, SAM = 2;
-        ``nan`` when the batch size is unknown (the caller ran passes the engine did not see)."""
-        if not self.batch_size:
-            return math.nan
-        return (self.forward_samples + 2 * self.backward_samples) / (3 * self.batch_size)
-
-
-class _Counter:
-    def __init__(self) -> None:
-        self.forward_passes = self.backward_passes = self.forward_samples = self.backward_samples = 0
-
-    def add(self, rows: int, backward: bool) -> None:
-        self.forward_passes += 1
-        self.forward_samples += rows
-        if backward:
-            self.backward_passes += 1
-            self.backward_samples += rows
-
-    @staticmethod
-    def sum(counters: list[_Counter]) -> _Counter:
-        total = _Counter()
-        for c in counters:
-            total.forward_passes += c.forward_passes
-            total.backward_passes += c.backward_passes
-            total.forward_samples += c.forward_samples
-            total.backward_samples += c.backward_samples
-        return total
+#: Keywords of other SAM libraries that would reach the base optimizer as a bare TypeError, and what to
+#: use instead (pytorch_optimizer's SAM family; davda54/sam's ``adaptive`` is accepted by ``flatsam.SAM``)
+FOREIGN_KEYWORDS = {
+    "use_gc": "flatsam has no gradient centralization; drop use_gc (pytorch_optimizer)",
+    "gc_conv_only": "flatsam has no gradient centralization; drop gc_conv_only (pytorch_optimizer)",
+    "perturb_eps": "pass perturbation=flatsam.perturbation.SAMPerturbation(eps=...) (pytorch_optimizer's "
+    "perturb_eps is the ε added to ‖g‖)",
+    "adaptive": "use flatsam.SAM(..., adaptive=True) (davda54/sam's rule) or flatsam.ASAM (the official one)",
+    "rho_scheduler": "set param_groups[i]['rho'] from your schedule, or use flatsam.GSAM (ρ follows the lr)",
+}
 
 
 @contextlib.contextmanager
@@ -134,101 +72,61 @@ def running_stats_frozen(model: nn.Module | None) -> Iterator[None]:
             layer.track_running_stats = True
 
 
-def _check_losses(losses: Any, rows: torch.Tensor | None) -> torch.Tensor:
-    """``losses`` if it is a 1-d tensor with one loss per row (any number of rows when ``rows`` is None)."""
-    expected = "at least one" if rows is None else f"shape [{len(rows)}]"
-    if (
-        not isinstance(losses, torch.Tensor)
-        or losses.dim() != 1
-        or (losses.numel() == 0 if rows is None else losses.numel() != len(rows))
-    ):
-        got = (
-            f"a tensor of shape {tuple(losses.shape)}"
-            if isinstance(losses, torch.Tensor)
-            else repr(type(losses))
-        )
-        raise TypeError(
-            f"closure(rows) must return per-sample losses, a 1-d tensor with one loss per row "
-            f"(here {expected}), e.g. F.cross_entropy(model(x[rows]), y[rows], reduction='none'); "
-            f"got {got}"
-        )
-    return losses
-
-
-def _reduce(losses: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
-    return losses.mean() if weights is None else (losses * weights.to(losses)).mean()
-
-
-def _takes_rows(closure: Callable[..., Any]) -> bool:
-    """Whether ``closure`` is flatsam's ``closure(rows)`` (it names a positional parameter) rather than a
-    zero-argument closure in the style of davda54/sam and ``torch.optim.LBFGS`` (no parameter, or only
-    ``*args``/``**kwargs`` as in framework wrappers). A plain function (a lambda) is answered from its
-    code object, since ``inspect.signature`` costs more than a small model's step overhead."""
-    plain = not (hasattr(closure, "__wrapped__") or hasattr(closure, "__signature__"))
-    if type(closure) is types.FunctionType and plain:
-        return closure.__code__.co_argcount > 0  # positional parameters, defaults or not, *args excluded
-    try:
-        parameters = inspect.signature(closure).parameters.values()
-    except (TypeError, ValueError):  # no signature (a builtin): assume the documented protocol
-        return True
-    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
-    return any(p.kind in positional for p in parameters)
-
-
-def _enabled(scaler: torch.amp.GradScaler | None) -> torch.amp.GradScaler | None:
-    return scaler if scaler is not None and scaler.is_enabled() else None
-
-
-def _sizes(value: Any, count: int, name: str) -> list[Any]:
-    """One entry per micro-batch: a list/tuple of ``count`` entries, or one value repeated."""
-    if isinstance(value, list | tuple):
-        if len(value) != count:
-            raise ValueError(
-                f"{name} has {len(value)} entries for {count} closures; give one per micro-batch"
-            )
-        return list(value)
-    if count > 1 and value is not None and name == "index":
-        raise TypeError(f"index must be a list of {count} index tensors (one per closure), got {type(value)}")
-    return [value] * count
-
-
-def _checked_index(index: Any, batch_size: Any) -> torch.Tensor:
-    """``index`` as a 1-d integer tensor (one dataset index per batch row; it gives the batch size), of
-    length ``batch_size`` when that is given too."""
-    index = torch.as_tensor(index)
-    if index.dtype.is_floating_point or index.dtype.is_complex or index.dtype == torch.bool:
-        raise TypeError(f"index must hold integers (dataset indices), got dtype {index.dtype}")
-    if index.dim() != 1:
-        shape = tuple(index.shape)
-        raise ValueError(f"index must be 1-d (one dataset index per batch row), got shape {shape}")
-    if batch_size is not None and not isinstance(batch_size, bool) and batch_size != len(index):
-        raise ValueError(f"index has {len(index)} entries but batch_size is {batch_size}; give one per row")
-    return index
-
-
 @dataclass
 class _Micro:
     """One micro-batch of a step (a plain step is one micro-batch whose context is the step's)."""
 
-    closure: Closure
+    closure: Closure | None  # None: the caller runs its passes (first_step/second_step)
     ctx: StepContext
-    counter: _Counter = field(default_factory=_Counter)
-    plan: RowPlan | None = None
+    counter: Counter = field(default_factory=Counter)
+    rows: RowPlan | None = None
 
 
 @dataclass
-class _Pending:
-    """What ``first_step`` leaves for ``second_step``."""
+class _Step:
+    """A step on its way through its plan: what the passes walked so far have left."""
 
     ctx: StepContext
-    counter: _Counter
-    ascent: bool = False
-    skip: str | None = None  # why the step will be skipped (non-finite clean gradient)
-    norm: torch.Tensor | None = None
+    micros: list[_Micro]
+    plan: list[Pass]
+    scaler: torch.amp.GradScaler | None
+    verdict: Verdict
+    ascend: bool | None
+    at: int = 0  # the next pass of the plan
+    ready: int = 0  # passes the caller has run that the walk has not yet taken in (two-step API)
+    stopped: bool = False  # a finiteness check decided on the host to skip the step
+    free_grads: bool = True  # the perturbation frees the spent clean gradient
+    pending: list[torch.Tensor] = field(default_factory=list)  # reduced losses since the last check
+    clean_losses: list[torch.Tensor] = field(default_factory=list)  # one per clean check
+    norms: list[torch.Tensor] = field(default_factory=list)  # the clean gradient's norm at each check
+    befores: list[torch.Tensor] = field(default_factory=list)  # per-sample clean losses, pass by pass
+    afters: list[torch.Tensor] = field(default_factory=list)  # per-sample descent losses, pass by pass
+    carry: dict[Kind, list[torch.Tensor | None]] = field(default_factory=dict)  # gradients to add to
     clean_grads: list[torch.Tensor | None] | None = None
-    loss: torch.Tensor | None = None
+    saved: dict[nn.Parameter, torch.Tensor] | None = None
+    loss: torch.Tensor | None = None  # a loss the caller's closure returned (two-step API)
+    watch: _Watch | None = None
+
+    @property
+    def parts(self) -> bool:
+        return any(p.part is not None for p in self.plan)
+
+
+@dataclass
+class _Watch:
+    """What the two-step API watches between ``first_step`` and ``second_step``: BatchNorm statistics
+    frozen for the caller's second pass, and hooks that see its backward."""
+
+    frozen: contextlib.ExitStack
     hooks: list[Any] = field(default_factory=list)
-    backward_since: bool = False  # a backward accumulated into .grad after a first_step without ascent
+    replaced: set[int] = field(default_factory=set)  # parameters whose clean gradient a new one replaced
+    backward: bool = False  # a backward ran since first_step
+    probe: tuple[nn.Parameter, torch.Tensor] | None = None  # one descent gradient as the backward left it
+
+    def close(self) -> None:
+        for hook in self.hooks:
+            hook.remove()
+        self.frozen.close()
 
 
 @dataclass
@@ -241,7 +139,7 @@ class _Shared:
     step_count: int = 0
     epoch: int = 0
     backup: dict[nn.Parameter, torch.Tensor] = field(default_factory=dict)
-    pending: _Pending | None = None
+    pending: _Step | None = None
     left: list[tuple[int, int] | None] = field(default_factory=list)  # the .grad the last step left
 
 
@@ -250,17 +148,29 @@ def _grad_marks(params: list[nn.Parameter]) -> list[tuple[int, int] | None]:
     return [None if p.grad is None else (id(p.grad), p.grad._version) for p in params]
 
 
+_WHERE = {
+    (Kind.SCORE, False): "the scoring pass",
+    (Kind.CLEAN, False): "the clean pass",
+    (Kind.CLEAN, True): "a clean pass",
+    (Kind.REFINE, False): "the perturbed scoring pass",
+    (Kind.DESCENT, False): "the descent pass",
+    (Kind.DESCENT, True): "a descent pass",
+}
+
+
 class SharpnessAware(torch.optim.Optimizer):
     """A sharpness-aware optimizer assembled from four choices around a base optimizer.
 
     ``schedule`` (does this step ascend?), ``selection`` (which rows enter each pass), ``perturbation``
-    (the ascent ε) and ``reuse`` (how a step without ascent borrows from the last one); the defaults
-    give SAM. The base optimizer is a class plus ``**base_kwargs`` or an instance (``base_optimizer``
-    attribute, also ``base``); ``param_groups`` and ``state`` are shared with it, so LR schedulers work
-    on either object. ``rho`` is per parameter group; a group with ``perturb=False`` is trained but takes
-    no part in the ascent (no ε, not in its norm).
+    (the ascent ε; it may also correct the descent gradient, as GSAM does) and ``reuse`` (how a step
+    without ascent borrows from the last one); the defaults give SAM. The base optimizer is a class plus
+    ``**base_kwargs`` or an instance (``base_optimizer`` attribute, also ``base``); ``param_groups`` and
+    ``state`` are shared with it, so LR schedulers work on either object. ``rho`` (positional third, as
+    in davda54/sam) is per parameter group; a group with ``perturb=False`` is trained but takes no part in
+    the ascent (no ε, not in its norm).
 
-    Ways to call it (see ``step``, ``first_step``, ``second_step``):
+    Each step is a plan — a list of passes, see :mod:`flatsam.plan` and :meth:`plan` — that one loop
+    walks, whichever way the step is called:
 
     - ``step(closure, index=None)``: ``closure(rows)`` gets a LongTensor of batch positions and returns
       per-sample losses for those rows; the engine reduces, back-propagates and may call it several
@@ -268,13 +178,15 @@ class SharpnessAware(torch.optim.Optimizer):
     - ``step([closure_1, …, closure_k], index=[index_1, …, index_k])``: gradient accumulation, one step
       over k micro-batches.
     - ``step(closure)`` with a zero-argument closure: davda54/sam's semantics.
-    - ``first_step`` / ``second_step``: davda54/sam's two-step API, for loops that own the passes.
+    - ``first_step`` / ``second_step``: davda54/sam's two-step API, for loops that own the passes; the
+      caller's passes are the plan's clean and descent passes.
 
-    With ``model=`` only the first forward of each (micro-)batch updates BatchNorm running statistics,
-    and under DDP the ascent pass runs in ``no_sync``. With ``scaler=`` (a ``GradScaler``) the step also
-    unscales, calls ``scaler.step`` and ``scaler.update``; ``scaler.step(opt)`` after ``first_step``
-    works too. A non-finite loss or gradient skips the step and leaves the weights and the base
-    optimizer exactly as they were (see :mod:`flatsam.skipping`).
+    With ``model=`` only the first forward of each (micro-)batch updates BatchNorm running statistics
+    (in the two-step API: they stay frozen from ``first_step`` to ``second_step``), and under DDP the
+    ascent pass runs in ``no_sync``. With ``scaler=`` (a ``GradScaler``) the step also unscales, calls
+    ``scaler.step`` and ``scaler.update``; ``scaler.step(opt)`` after ``first_step`` works too. A
+    non-finite loss or gradient in any pass skips the step and leaves the weights and the base optimizer
+    exactly as they were (see :mod:`flatsam.skipping`).
 
     Host synchronisations (``sync_free``; by default on when the parameters live on an accelerator, off
     on the CPU, where a read costs nothing): ``step(closure(rows))`` then reads nothing on the host when
@@ -292,15 +204,15 @@ class SharpnessAware(torch.optim.Optimizer):
     """
 
     # GradScaler.step(opt) hands this optimizer the scale and the inf check instead of skipping its step()
-    # on an overflow, so that a perturbed model is always restored (see ``_second_step``)
+    # on an overflow, so that a perturbed model is always restored (see ``_take_scaler_flags``)
     _step_supports_amp_scaling = True
 
     def __init__(
         self,
         params: Any,
         base_optimizer: type[torch.optim.Optimizer] | torch.optim.Optimizer = torch.optim.SGD,
-        *,
         rho: float = 0.05,
+        *,
         schedule: Schedule | None = None,
         selection: Selection | None = None,
         perturbation: Perturbation | None = None,
@@ -317,29 +229,7 @@ class SharpnessAware(torch.optim.Optimizer):
         if max_grad_norm is not None and not (math.isfinite(max_grad_norm) and max_grad_norm > 0):
             raise ValueError(f"max_grad_norm must be > 0 and finite, or None, got {max_grad_norm}")
         self._shared = _Shared()
-        if isinstance(base_optimizer, torch.optim.Optimizer):
-            if base_kwargs:
-                raise TypeError(
-                    f"base optimizer keywords {sorted(base_kwargs)} given with an optimizer "
-                    "instance; pass the class instead, or configure the instance"
-                )
-            if params is not None and {id(p) for p in _flatten(params)} != {
-                id(p) for g in base_optimizer.param_groups for p in g["params"]
-            }:
-                raise ValueError(
-                    "params differ from the parameters of the given base optimizer instance; "
-                    "pass params=None to use the instance's parameters"
-                )
-            super().__init__(base_optimizer.param_groups, {"rho": rho})
-            self.base = base_optimizer
-        elif isinstance(base_optimizer, type) and issubclass(base_optimizer, torch.optim.Optimizer):
-            super().__init__(params, {"rho": rho})
-            self.base = base_optimizer(self.param_groups, **base_kwargs)
-        else:
-            raise TypeError(
-                f"base_optimizer must be a torch.optim.Optimizer class or instance, got {base_optimizer!r}"
-            )
-        self._alias_base()
+        self._init_base(params, base_optimizer, rho, base_kwargs)
         self.schedule = schedule or Always()
         self.selection = selection or AllRows()
         self.perturbation = perturbation or SAMPerturbation()
@@ -348,6 +238,31 @@ class SharpnessAware(torch.optim.Optimizer):
         self.max_grad_norm = max_grad_norm
         self.check_finite = check_finite
         self.sync_free = sync_free
+
+    def _init_base(self, params: Any, base: Any, rho: float, base_kwargs: dict[str, Any]) -> None:
+        """Share ``param_groups`` and ``state`` with the base optimizer, made here from a class or given."""
+        if isinstance(base, torch.optim.Optimizer):
+            if base_kwargs:
+                raise TypeError(
+                    f"base optimizer keywords {sorted(base_kwargs)} given with an optimizer "
+                    "instance; pass the class instead, or configure the instance"
+                )
+            if params is not None and {id(p) for p in _flatten(params)} != {
+                id(p) for g in base.param_groups for p in g["params"]
+            }:
+                raise ValueError(
+                    "params differ from the parameters of the given base optimizer instance; "
+                    "pass params=None to use the instance's parameters"
+                )
+            super().__init__(base.param_groups, {"rho": rho})
+            self.base = base
+        elif isinstance(base, type) and issubclass(base, torch.optim.Optimizer):
+            _refuse_foreign_keywords(base, base_kwargs)
+            super().__init__(params, {"rho": rho})
+            self.base = base(self.param_groups, **base_kwargs)
+        else:
+            raise TypeError(f"base_optimizer must be a torch.optim.Optimizer class or instance, got {base!r}")
+        self._alias_base()
 
     # -- plumbing -----------------------------------------------------------------------------------
     def _alias_base(self) -> None:
@@ -400,7 +315,7 @@ class SharpnessAware(torch.optim.Optimizer):
 
     @property
     def keeps_clean_grads(self) -> bool:
-        """Whether a component learns from the clean gradient of ascent steps (LookSAM, ARSAM)."""
+        """Whether a component learns from the clean gradient of ascent steps (LookSAM, ARSAM, GSAM)."""
         return any(c.needs_clean_grads for c in self.components.values())
 
     @property
@@ -412,10 +327,25 @@ class SharpnessAware(torch.optim.Optimizer):
         return float(self.param_groups[0]["rho"])
 
     def set_epoch(self, epoch: int) -> None:
-        """Tell the engine (and every component) which epoch starts: drives warm-ups and ramps."""
+        """Tell the engine (and every component) which epoch starts, counting from 0: drives warm-ups
+        and ramps (AUSAM's warm-up is epoch 0)."""
         self.epoch = int(epoch)
         for component in self.components.values():
             component.set_epoch(self.epoch)
+
+    def plan(
+        self, ascend: bool | None = True, *, micros: int = 1, parts: int = 0, external: bool = False
+    ) -> list[Pass]:
+        """The passes a step of this method walks when its schedule decides ``ascend`` before the clean
+        pass (``None``: after it), see :func:`flatsam.plan.build`."""
+        return plan.build(
+            self.selection,
+            ascend=ascend,
+            micros=micros,
+            parts=parts,
+            keeps_clean_grads=self.keeps_clean_grads,
+            external=external,
+        )
 
     def _no_sync(self) -> contextlib.AbstractContextManager:
         no_sync = getattr(self.model, "no_sync", None)
@@ -447,72 +377,6 @@ class SharpnessAware(torch.optim.Optimizer):
                 stacklevel=4,
             )
 
-    # -- passes -------------------------------------------------------------------------------------
-    def _pass(
-        self,
-        micro: _Micro,
-        rows: torch.Tensor | None,
-        weights: torch.Tensor | None,
-        *,
-        backward: bool = True,
-        sync: bool = True,
-        scaler: torch.amp.GradScaler | None = None,
-        accumulate: list[torch.Tensor | None] | None = None,
-        share: float | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """One forward (and backward) of ``rows`` of a micro-batch; only its first forward updates BN
-        stats. ``rows=None``: every row of a batch of unknown size (the closure gets ``slice(None)``; the
-        size is read from its losses); rows that are the whole batch in order reach it as ``slice(None)``
-        too (see ``every_row``). The backward starts from ``accumulate`` (gradients aligned with ``params``)
-        when given, else zero; ``share`` scales the mean loss (a micro-batch's part)."""
-        counter = micro.counter
-        freeze = running_stats_frozen(self.model) if counter.forward_passes else contextlib.nullcontext()
-        unsynced = self._no_sync() if backward and not sync else contextlib.nullcontext()
-        if backward:  # the last pass's gradients go before this forward, not after: a lower peak
-            self.zero_grad(set_to_none=True)
-        with freeze, unsynced, torch.set_grad_enabled(backward):
-            whole = rows is None or every_row(rows, micro.ctx.batch_size)
-            losses = _check_losses(micro.closure(slice(None) if whole else rows), rows)
-            loss = _reduce(losses, weights)
-            if share is not None:
-                loss = loss * share
-            if backward:
-                for p, g in zip(self.params, accumulate or (), strict=False):
-                    p.grad = g
-                (scaler.scale(loss) if scaler is not None else loss).backward()
-        if rows is None:
-            micro.ctx.batch_size = len(losses)
-        counter.add(len(losses), backward)
-        return losses.detach(), loss.detach()
-
-    def _clean_pass(
-        self,
-        micro: _Micro,
-        ctx: StepContext,
-        rows: torch.Tensor | None,
-        weights: torch.Tensor | None,
-        *,
-        around: contextlib.AbstractContextManager,
-        sync: bool,
-        scaler: torch.amp.GradScaler | None,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The clean pass inside ``around``: per-sample losses, mean loss and unscaled gradient norm."""
-        with around:
-            losses, loss = self._pass(micro, rows, weights, sync=sync, scaler=scaler)
-        self._read_scale(ctx, scaler)
-        return losses, loss, self._grad_norm(ctx)
-
-    @staticmethod
-    def _read_scale(ctx: StepContext, scaler: torch.amp.GradScaler | None) -> None:
-        if scaler is not None and scaler._scale is not None:  # noqa: SLF001  (reading it needs no sync)
-            ctx.grad_scale = scaler._scale  # noqa: SLF001
-
-    def _finite(self, loss: torch.Tensor, norm: torch.Tensor) -> bool:
-        """Loss and gradient finite here, and (under torch.distributed) on every rank (read on the host)."""
-        if not self.check_finite:
-            return True
-        return all_ranks_agree(bool(torch.isfinite(loss) & torch.isfinite(norm)), loss.device)
-
     def _verdict(self, ascend: bool | None, scaler: torch.amp.GradScaler | None) -> Verdict:
         """How ``step(closure(rows))`` checks finiteness: deferred to the device when asked to (see
         ``_keeps_flags_on_device``) and nothing before the update needs the answer, i.e. the ascent is
@@ -533,10 +397,6 @@ class SharpnessAware(torch.optim.Optimizer):
         if self.sync_free is not None:
             return self.sync_free
         return any(p.device.type != "cpu" for p in self.params)
-
-    def _stops(self, verdict: Verdict, loss: torch.Tensor, norm: torch.Tensor, where: str) -> bool:
-        """Check the pass ``where``; True when the step must be skipped now (a flag read on the host)."""
-        return self.check_finite and verdict.check(loss, norm, f"non-finite loss or gradient in {where}")
 
     @torch.no_grad()
     def _perturb(self, ctx: StepContext, *, free_grads: bool = True) -> None:
@@ -566,11 +426,133 @@ class SharpnessAware(torch.optim.Optimizer):
             torch._foreach_copy_([p.detach() for p in self._backup], list(self._backup.values()))
         self._backup.clear()
 
-    def _put_back(self) -> dict[nn.Parameter, torch.Tensor]:
-        """``restore``, handing over the saved weights (a skipped step's masked update reuses them)."""
-        saved = dict(self._backup)
-        self.restore()
-        return saved
+    # -- the walk -----------------------------------------------------------------------------------
+    def _walk(self, step: _Step) -> bool:
+        """Walk ``step``'s plan from where it stands to its end, or to a pass the caller has yet to run
+        (two-step API). Each pass is one forward (and backward), or one control pass; a pass marked
+        ``check`` is followed by the finiteness check. False when a check stopped the step."""
+        while step.at < len(step.plan):
+            p = step.plan[step.at]
+            if p.external and not step.ready:
+                return True
+            step.at += 1
+            if p.external:
+                step.ready -= 1
+                step.micros[p.micro].counter.add(step.ctx.batch_size, True)
+            elif p.kind in FORWARD:
+                self._forward(step, p)
+            else:
+                self._control(step, p)
+            if p.check and self._stops(step, p):
+                step.stopped = True
+                return False
+        return True
+
+    def _forward(self, step: _Step, p: Pass) -> None:
+        """One forward (and backward) of a pass over its rows. Only the first forward of a micro-batch
+        updates BatchNorm statistics; a backward that does not sync runs in DDP's ``no_sync``; one that
+        accumulates starts from the gradient the previous pass of its kind left."""
+        micro = step.micros[p.micro]
+        rows, weights = self._rows(step, p)
+        backward = p.kind in BACKWARD
+        with contextlib.ExitStack() as stack:
+            if micro.counter.forward_passes:
+                stack.enter_context(running_stats_frozen(self.model))
+            if backward and not p.sync:
+                stack.enter_context(self._no_sync())
+            if p.kind is Kind.CLEAN and step.ascend:
+                stack.enter_context(self.perturbation.clean_pass(step.ctx, self.params))
+            if backward:  # the last pass's gradients go before this forward, not after: a lower peak
+                self.zero_grad(set_to_none=True)
+            stack.enter_context(torch.set_grad_enabled(backward))
+            whole = rows is None or every_row(rows, micro.ctx.batch_size)
+            losses = check_losses(micro.closure(slice(None) if whole else rows), rows)  # type: ignore[misc]
+            loss = reduce(losses, weights)
+            share = self._share(step, p)
+            if share is not None:
+                loss = loss * share
+            if backward:
+                carried = step.carry.pop(p.kind) if p.accumulate else ()
+                for param, g in zip(self.params, carried, strict=False):
+                    param.grad = g
+                (step.scaler.scale(loss) if step.scaler is not None else loss).backward()
+        if rows is None:
+            micro.ctx.batch_size = len(losses)
+        micro.counter.add(len(losses), backward)
+        self._took(step, p, micro, losses.detach(), loss.detach())
+
+    def _took(self, step: _Step, p: Pass, micro: _Micro, losses: torch.Tensor, loss: torch.Tensor) -> None:
+        """Keep what a forward pass leaves for the rest of the step."""
+        step.pending.append(loss if p.kind in BACKWARD else losses.sum())
+        if p.kind is Kind.SCORE:
+            micro.rows = self.selection.plan(micro.ctx, losses)
+        elif p.kind is Kind.CLEAN:
+            step.befores.append(losses)
+            if micro.rows is None:  # the batch size was read from this pass
+                micro.rows = self.selection.plan(micro.ctx, None)
+        elif p.kind is Kind.REFINE:
+            micro.rows = self.selection.refine(micro.ctx, micro.rows, step.befores[p.micro], losses)
+        else:
+            step.afters.append(losses)
+        later = step.plan[step.at :]
+        if any(q.kind is p.kind and q.accumulate for q in later):
+            step.carry[p.kind] = self._grads()
+
+    def _control(self, step: _Step, p: Pass) -> None:
+        """A pass that runs no forward: the late decision, the perturbation, the restore."""
+        if p.kind is Kind.DECIDE:
+            step.ascend = bool(self.schedule.decide_after(step.ctx, step.norms[-1].square()))
+            if not step.ascend:
+                del step.plan[step.at :]
+        elif p.kind is Kind.PERTURB:
+            if self.keeps_clean_grads and step.clean_grads is None:
+                scale = step.ctx.grad_scale
+                step.clean_grads = [None if g is None else g.detach() / scale for g in self._grads()]
+            self._perturb(step.ctx, free_grads=step.free_grads)
+        else:
+            step.saved = dict(self._backup)
+            self.restore()
+
+    def _stops(self, step: _Step, p: Pass) -> bool:
+        """The finiteness check after ``p`` over the losses since the last check (and, after a backward,
+        the gradient); True when the step must stop now (a flag read on the host)."""
+        losses, step.pending = step.pending, []
+        if p.kind in BACKWARD:
+            amp.read_scale(step.ctx, step.scaler)
+            norm = self._grad_norm(step.ctx)
+        else:
+            norm = torch.zeros((), device=losses[0].device)
+        loss = norm if p.external else losses[0] if len(losses) == 1 else torch.stack(losses).sum()
+        if p.kind is Kind.CLEAN:
+            step.norms.append(norm)
+            if not p.external:
+                step.clean_losses.append(loss)
+        where = _WHERE[p.kind, p.part is not None]
+        return self.check_finite and step.verdict.check(loss, norm, f"non-finite loss or gradient in {where}")
+
+    def _rows(self, step: _Step, p: Pass) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """The batch positions of a forward pass and their loss weights (``None``: the whole batch, of a
+        size still unknown)."""
+        micro = step.micros[p.micro]
+        if p.kind is Kind.SCORE or micro.rows is None:
+            b = micro.ctx.batch_size
+            return (None if b is None else all_rows(b)), None
+        rows = micro.rows
+        if p.part is not None:
+            return _part_rows(rows.parts, p)  # type: ignore[arg-type]
+        if p.kind is Kind.CLEAN:
+            train_only = step.ascend is False
+            return (rows.descent, rows.descent_weights) if train_only else (rows.ascent, rows.ascent_weights)
+        if p.kind is Kind.REFINE:
+            return rows.ascent, None
+        return rows.descent, rows.descent_weights
+
+    def _share(self, step: _Step, p: Pass) -> float | None:
+        """A micro-batch's part of the mean loss over the rows of every micro-batch of its pass."""
+        if len(step.micros) == 1 or p.kind not in BACKWARD:
+            return None
+        sizes = [len(self._rows(step, replace(p, micro=i))[0]) for i in range(len(step.micros))]  # type: ignore[arg-type]
+        return sizes[p.micro] / sum(sizes)
 
     # -- the step -----------------------------------------------------------------------------------
     def step(  # type: ignore[override]
@@ -581,40 +563,42 @@ class SharpnessAware(torch.optim.Optimizer):
         batch_size: int | list[int] | None = None,
         scaler: torch.amp.GradScaler | None = None,
     ) -> StepInfo:
-        """One sharpness-aware step; returns its ``StepInfo``.
+        """One sharpness-aware step; returns its ``StepInfo`` (``float(info)`` is its loss).
 
         - ``closure(rows)`` → per-sample losses of those batch rows. ``index`` (dataset indices of the
           rows) or ``batch_size`` give B; without either, the first pass gets ``rows = slice(None)``
           (every row) and B is the number of losses it returns, which works for every selection whose
           first pass covers the whole batch (SAM, ASAM, K-SAM, ESAM's selection, the schedules); those
-          that draw rows first (AUSAM, uniform, micro-batch, InfoBatch, m-sharpness) need ``index`` or
-          ``batch_size``. A pass over the whole batch in order always gets ``slice(None)``. Gradients
-          found in ``.grad`` from a backward of the caller are discarded with a warning.
+          that draw rows first (uniform, micro-batch, m-sharpness) need ``index`` or ``batch_size``, and
+          those that keep a per-sample history (AUSAM, InfoBatch) need ``index`` on every step. A pass
+          over the whole batch in order always gets ``slice(None)``. Gradients found in ``.grad`` from a
+          backward of the caller are discarded with a warning.
         - ``[closure_1, …, closure_k]`` with ``index=[index_1, …, index_k]`` (or ``batch_size=[B_1, …]``):
           one step over k micro-batches (gradient accumulation). ε comes from the gradient of the mean
-          clean loss over all their rows, the descent gradient is that of the mean loss at w+ε, each
-          selection draws per micro-batch (AUSAM keeps its history per row), BatchNorm statistics come
-          from each micro-batch's clean pass; under DDP only the last micro-batch's passes synchronise.
+          clean loss over all their rows, the descent gradient is that of the mean loss at w+ε. Each
+          selection draws per micro-batch (AUSAM keeps its history per row), so the step equals one
+          whole-batch step only for methods that draw no rows; BatchNorm statistics come from each
+          micro-batch's clean pass; under DDP only the last micro-batch's passes synchronise.
         - ``closure()`` with no argument: davda54/sam's semantics. The caller has run the first
           forward/backward (clean gradient in ``.grad``); the engine ascends, calls the closure at w+ε
           (it must zero nothing, compute the loss and call ``backward``), restores and steps; a step
           without ascent (LookSAM, SS-SAM, AE-SAM) does not call it. If ``.grad`` is empty the closure
-          runs the clean pass too (the composer/Lightning-automatic style). Only for selections that use
-          every row; the others need ``closure(rows)``.
+          runs the clean pass too (the composer/Lightning-automatic style). The step's loss is that of
+          the closure's first call. Only for selections that use every row; the others need
+          ``closure(rows)``.
         - no closure, right after ``first_step``: ``second_step`` (so ``scaler.step(opt)`` and wrappers
           that call ``optimizer.step()`` work).
         """
-        scaler = _enabled(scaler)
-        pending = self._shared.pending
+        scaler = amp.enabled(scaler)
         if closure is None:
-            if pending is not None:
+            if self._shared.pending is not None:
                 return self._second_step(scaler)
             raise TypeError(
                 "step() needs closure(rows) -> per-sample losses of those batch rows, e.g. "
                 "lambda rows: F.cross_entropy(model(x[rows]), y[rows], reduction='none') "
                 "(or a zero-argument closure, davda54/sam style, or first_step() before step())"
             )
-        if pending is not None:
+        if self._shared.pending is not None:
             raise RuntimeError(
                 "step(closure) between first_step() and second_step(): finish the pending step with "
                 "second_step() (or step() without a closure) first"
@@ -622,32 +606,89 @@ class SharpnessAware(torch.optim.Optimizer):
         closures = list(closure) if isinstance(closure, list | tuple) else [closure]
         if not closures:
             raise ValueError("step() got an empty list of closures")
-        if not all(_takes_rows(c) for c in closures):
+        if not all(takes_rows(c) for c in closures):
             if len(closures) > 1:
                 raise TypeError(
                     "gradient accumulation takes closure(rows) functions (per-sample losses), not "
                     "zero-argument closures"
                 )
-            return self._step_after_backward(closures[0], batch_size, scaler)
+            return self._step_after_backward(closures[0], batch_size, scaler)  # type: ignore[arg-type]
+        self._refuse_wrapped_call()
         self._warn_if_grads_present()
-        ctx, micros = self._micro_batches(closures, index, batch_size)
+        step = self._begin(closures, index, batch_size, scaler)
         try:
-            return self._step(micros, ctx, scaler)
+            if not self._walk(step):
+                return self._skip(step)
+            return self._update(step)
         finally:
             self.restore()
             self._shared.left = _grad_marks(self.params)
+
+    def _refuse_wrapped_call(self) -> None:
+        """``closure(rows)`` reached through a wrapper that would drop or mis-scale passes: a
+        ``GradScaler.step(opt, closure)`` (it hands its flags before any pass ran) or Accelerate's plain
+        ``AcceleratedOptimizer`` (it calls ``step`` only on the last micro-batch of an accumulation
+        cycle, and takes no ``index=``)."""
+        if getattr(self, "found_inf", None) is not None:
+            raise RuntimeError(
+                "GradScaler.step(opt, closure(rows)) steps a flatsam optimizer before its passes ran: call "
+                "opt.step(closure, index=index, scaler=scaler) instead (with Accelerate: opt = "
+                "flatsam.integrations.accelerate.prepare(accelerator, opt))"
+            )
+        caller = sys._getframe(2)
+        if caller.f_globals.get("__name__") == "accelerate.optimizer":
+            raise RuntimeError(
+                "a flatsam optimizer stepped through accelerator.prepare()'s AcceleratedOptimizer, which "
+                "runs step() only on the last micro-batch of each accumulation cycle (the others would be "
+                "dropped) and takes no index=: wrap it with opt = flatsam.integrations.accelerate.prepare("
+                "accelerator, opt), which makes one flatsam step over every micro-batch of the cycle"
+            )
+
+    def _begin(
+        self, closures: list[Closure], index: Any, batch_size: Any, scaler: torch.amp.GradScaler | None
+    ) -> _Step:
+        """A new step: its micro-batches, their rows (when known before any pass), the schedule's
+        decision and the plan."""
+        ctx, micros = self._micro_batches(closures, index, batch_size)
+        if not self.selection.needs_scores:
+            for micro in micros:
+                if micro.ctx.batch_size is not None:  # else planned after the clean pass, which reads B
+                    micro.rows = self.selection.plan(micro.ctx, None)
+        ascend = self.schedule.decide(ctx)
+        rows = [m.rows for m in micros if m.rows is not None]
+        if ascend is None and not all(r.same_rows for r in rows):
+            raise RuntimeError(
+                "a schedule that decides after the clean pass (AE-SAM) needs a selection whose ascent and "
+                "descent rows coincide: its clean pass may be the step's only pass"
+            )
+        parts = max((len(r.parts) for r in rows if r.parts), default=0) if ascend is not False else 0
+        if parts and len(micros) > 1:
+            raise ValueError(
+                "gradient accumulation does not combine with a partitioned selection (m-sharpness): "
+                "pass the micro-batches as one batch, the parts are its micro-batches"
+            )
+        if parts and (ascend is None or self.keeps_clean_grads):
+            raise RuntimeError(
+                "a partitioned selection (m-sharpness) needs a schedule that decides before the "
+                "clean pass and no component that keeps the clean gradient"
+            )
+        passes = self.plan(ascend, micros=len(micros), parts=parts)
+        return _Step(ctx, micros, passes, scaler, self._verdict(ascend, scaler), ascend)
 
     def _micro_batches(
         self, closures: list[Closure], index: Any, batch_size: Any
     ) -> tuple[StepContext, list[_Micro]]:
         """The step's context and its micro-batches (one with the step's own context when k = 1)."""
-        indices = _sizes(index, len(closures), "index")
-        sizes = _sizes(batch_size, len(closures), "batch_size")
-        indices = [None if i is None else _checked_index(i, b) for i, b in zip(indices, sizes, strict=True)]
+        indices = per_micro_batch(index, len(closures), "index")
+        sizes = per_micro_batch(batch_size, len(closures), "batch_size")
+        indices = [None if i is None else checked_index(i, b) for i, b in zip(indices, sizes, strict=True)]
         sizes = [len(i) if i is not None else b for i, b in zip(indices, sizes, strict=True)]
-        for b in sizes:
-            if b is not None and (isinstance(b, bool) or not isinstance(b, int) or b < 1):
-                raise ValueError(f"batch_size must be a positive int (one per micro-batch), got {b!r}")
+        checked_sizes(sizes)
+        if self.selection.needs_index and None in indices:
+            raise ValueError(
+                f"{type(self.selection).__name__} keeps a per-sample history, so every step needs index= "
+                f"(the dataset indices of the batch rows), not just batch_size=: {INDEX_HOWTO}"
+            )
         if None in sizes and (len(closures) > 1 or self.selection.needs_batch_size):
             what = (
                 "gradient accumulation"
@@ -669,183 +710,48 @@ class SharpnessAware(torch.optim.Optimizer):
         ]
         return ctx, micros
 
-    def _step(self, micros: list[_Micro], ctx: StepContext, scaler: torch.amp.GradScaler | None) -> StepInfo:
-        single = len(micros) == 1
-        for micro in micros:
-            scores = None
-            if self.selection.needs_scores:
-                rows = None if micro.ctx.batch_size is None else all_rows(micro.ctx.batch_size)
-                scores, _ = self._pass(micro, rows, None, backward=False)
-            if micro.ctx.batch_size is not None:  # else planned after the clean pass, which reads B
-                micro.plan = self.selection.plan(micro.ctx, scores)
-        ascend = self.schedule.decide(ctx)
-        plans = [m.plan for m in micros if m.plan is not None]
-        if ascend is None and not all(plan.same_rows for plan in plans):
-            raise RuntimeError(
-                "a schedule that decides after the clean pass (AE-SAM) needs a selection whose ascent and "
-                "descent rows coincide: its clean pass may be the step's only pass"
-            )
-        if any(plan.parts for plan in plans) and ascend is not False:
-            if not single:
-                raise ValueError(
-                    "gradient accumulation does not combine with a partitioned selection (m-sharpness): "
-                    "pass the micro-batches as one batch, the parts are its micro-batches"
-                )
-            return self._partitioned_step(micros[0], ctx, scaler, ascend)
-        verdict = self._verdict(ascend, scaler)
-
-        # clean pass: on the ascent rows if an ascent may follow, else on the rows the step trains on
-        def clean_rows(plan: RowPlan | None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-            if plan is None:
-                return None, None
-            return (
-                (plan.descent, plan.descent_weights)
-                if ascend is False
-                else (plan.ascent, plan.ascent_weights)
-            )
-
-        around = self.perturbation.clean_pass(ctx, self.params) if ascend else contextlib.nullcontext()
-        # under DDP the clean pass of a planned ascent skips the all-reduce (ε from the rank's own gradient),
-        # unless a component keeps the clean gradient (LookSAM's g_v, ARSAM's PSF): it must agree across ranks
-        sync = ascend is not True or self.keeps_clean_grads
-        shares = None if single else _shares([len(clean_rows(m.plan)[0]) for m in micros])
-        befores, losses = [], []
-        with around:
-            for j, micro in enumerate(micros):
-                rows, weights = clean_rows(micro.plan)
-                before, loss = self._pass(
-                    micro,
-                    rows,
-                    weights,
-                    sync=sync and j == len(micros) - 1,
-                    scaler=scaler,
-                    accumulate=self._grads() if j else None,
-                    share=None if shares is None else shares[j],
-                )
-                if micro.plan is None:
-                    micro.plan = self.selection.plan(micro.ctx, None)
-                befores.append(before), losses.append(loss)
-        self._read_scale(ctx, scaler)
-        norm = self._grad_norm(ctx)
-        loss = losses[0] if single else torch.stack(losses).sum()
-        counters = [m.counter for m in micros]
-        if self._stops(verdict, loss, norm, "the clean pass"):
-            return self._skip(verdict, ctx, counters, loss, scaler)
-        if ascend is None:  # AE-SAM: a decision on the host
-            ascend = bool(self.schedule.decide_after(ctx, norm.square()))
-
-        clean_grads = None
-        afters = None
-        saved = None
-        if ascend:
-            if self.keeps_clean_grads:
-                clean_grads = [None if g is None else g.detach() / ctx.grad_scale for g in self._grads()]
-            self._perturb(ctx)
-            if self.selection.needs_perturbed_scores:
-                for micro, before in zip(micros, befores, strict=True):
-                    perturbed, _ = self._pass(micro, micro.plan.ascent, None, backward=False)
-                    micro.plan = self.selection.refine(micro.ctx, micro.plan, before, perturbed)
-            shares = None if single else _shares([len(m.plan.descent) for m in micros])
-            afters, descent_losses = [], []
-            for j, micro in enumerate(micros):
-                after, descent_loss = self._pass(
-                    micro,
-                    micro.plan.descent,
-                    micro.plan.descent_weights,
-                    scaler=scaler,
-                    sync=j == len(micros) - 1,
-                    accumulate=self._grads() if j else None,
-                    share=None if shares is None else shares[j],
-                )
-                afters.append(after), descent_losses.append(descent_loss)
-            saved = self._put_back()
-            descent_loss = descent_losses[0] if single else torch.stack(descent_losses).sum()
-            if self._stops(verdict, descent_loss, self._grad_norm(ctx), "the descent pass"):
-                return self._skip(verdict, ctx, counters, loss, scaler)
-        starts = [0] if single else _offsets([m.ctx.batch_size for m in micros])
-        ascent_rows = _joined([m.plan.ascent if ascend else clean_rows(m.plan)[0] for m in micros], starts)
-        outcome = Outcome(
+    def _outcome(self, step: _Step) -> Outcome:
+        """What the walked step leaves for the components: its rows, losses and clean gradient."""
+        ascend = bool(step.ascend)
+        starts = [0]
+        for micro in step.micros[:-1]:
+            starts.append(starts[-1] + micro.ctx.batch_size)
+        plans = [m.rows or _every(m.ctx.batch_size) for m in step.micros]
+        if step.parts:
+            parts = plans[0].parts or []
+            ascent_rows = torch.cat([q.ascent for q in parts])
+            descent_rows = torch.cat([q.descent for q in parts])
+        else:
+            first = [r.ascent if ascend else r.descent for r in plans]  # the clean pass's rows
+            ascent_rows = _joined(first, starts)
+            descent_rows = _joined([r.descent for r in plans], starts) if ascend else ascent_rows
+        return Outcome(
             ascent=ascend,
             ascent_rows=ascent_rows,
-            descent_rows=_joined([m.plan.descent for m in micros], starts) if ascend else ascent_rows,
-            loss_before=befores[0] if single else torch.cat(befores),
-            loss_after=None if afters is None else afters[0] if single else torch.cat(afters),
-            clean_grad_norm=norm,
-            clean_grads=clean_grads,
+            descent_rows=descent_rows,
+            loss_before=_cat(step.befores),
+            loss_after=_cat(step.afters) if ascend else None,
+            clean_grad_norm=torch.stack(step.norms).mean() if step.parts else step.norms[-1],
+            clean_grads=step.clean_grads,
         )
-        return self._update(ctx, counters, loss, outcome, scaler, verdict, saved)
 
-    def _partitioned_step(
-        self,
-        micro: _Micro,
-        ctx: StepContext,
-        scaler: torch.amp.GradScaler | None,
-        ascend: bool | None,
-    ) -> StepInfo:
-        """m-sharpness (Foret et al. 2021): one ascent per part of the batch, each part's descent gradient at
-        its own w+ε, accumulated with weight rows/B; under DDP only the last part's descent synchronises."""
-        if ascend is None or self.keeps_clean_grads:
-            raise RuntimeError(
-                "a partitioned selection (m-sharpness) needs a schedule that decides before the "
-                "clean pass and no component that keeps the clean gradient"
-            )
-        assert micro.plan is not None and micro.plan.parts is not None
-        parts = micro.plan.parts
-        total = sum(len(part.descent) for part in parts)
-        accumulated: list[torch.Tensor | None] | None = None
-        befores, afters, losses, norms = [], [], [], []
-        counters = [micro.counter]
-        verdict = self._verdict(ascend, scaler)
-        for position, part in enumerate(parts):
-            around = self.perturbation.clean_pass(ctx, self.params)
-            before, loss, norm = self._clean_pass(
-                micro, ctx, part.ascent, part.ascent_weights, around=around, sync=False, scaler=scaler
-            )
-            if self._stops(verdict, loss, norm, "a clean pass"):
-                return self._skip(verdict, ctx, counters, loss, scaler)
-            self._perturb(ctx)
-            share = torch.full((len(part.descent),), len(part.descent) / total, dtype=torch.float64)
-            weights = share if part.descent_weights is None else share * part.descent_weights.to(share)
-            after, descent_loss = self._pass(
-                micro,
-                part.descent,
-                weights,
-                scaler=scaler,
-                sync=position == len(parts) - 1,
-                accumulate=accumulated,
-            )
-            self.restore()
-            if self._stops(verdict, descent_loss, self._grad_norm(ctx), "a descent pass"):
-                return self._skip(verdict, ctx, counters, loss, scaler)
-            accumulated = self._grads()
-            befores.append(before), afters.append(after), losses.append(loss), norms.append(norm)
-        outcome = Outcome(
-            ascent=True,
-            ascent_rows=torch.cat([part.ascent for part in parts]),
-            descent_rows=torch.cat([part.descent for part in parts]),
-            loss_before=torch.cat(befores),
-            loss_after=torch.cat(afters),
-            clean_grad_norm=torch.stack(norms).mean(),
-        )
-        sizes = torch.tensor(
-            [len(part.ascent) for part in parts], dtype=losses[0].dtype, device=losses[0].device
-        )
-        mean_loss = (torch.stack(losses) * sizes).sum() / sizes.sum()
-        return self._update(ctx, counters, mean_loss, outcome, scaler, verdict)
+    def _step_loss(self, step: _Step) -> torch.Tensor | None:
+        """The step's clean loss: the mean over the clean rows (over every part, weighted by its rows)."""
+        if step.loss is not None or not step.clean_losses:
+            return step.loss
+        parts = step.micros[0].rows.parts if step.parts else None  # type: ignore[union-attr]
+        if not parts or len(step.clean_losses) < len(parts):  # one clean pass, or a part skipped
+            return step.clean_losses[-1]
+        losses = torch.stack(step.clean_losses)
+        sizes = torch.tensor([len(q.ascent) for q in parts], dtype=losses.dtype, device=losses.device)  # type: ignore[union-attr]
+        return (losses * sizes).sum() / sizes.sum()
 
-    def _update(
-        self,
-        ctx: StepContext,
-        counters: list[_Counter],
-        loss: torch.Tensor | None,
-        outcome: Outcome,
-        scaler: torch.amp.GradScaler | None,
-        verdict: Verdict,
-        saved: dict[nn.Parameter, torch.Tensor] | None = None,
-    ) -> StepInfo:
-        """Unscale, reuse (steps without ascent), clip, let the components record, step the base. With a
-        deferred verdict the components record under ``outcome.found_inf`` and the base optimizer's step
-        is masked by it (``masked_step``, reusing the weights ``saved`` before the perturbation)."""
+    def _update(self, step: _Step) -> StepInfo:
+        """Unscale, reuse (steps without ascent) or correct the descent gradient (ascent steps), clip, let
+        the components record, step the base. With a deferred verdict the components record under
+        ``outcome.found_inf`` and the base optimizer's step is masked by it (``masked_step``, reusing the
+        weights saved before the perturbation)."""
+        ctx, scaler, outcome = step.ctx, step.scaler, self._outcome(step)
         if scaler is not None:
             scaler.unscale_(self.base)
         if not outcome.ascent:
@@ -857,54 +763,32 @@ class SharpnessAware(torch.optim.Optimizer):
         if self.max_grad_norm is not None:
             torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm)
         outcome.descent_grads = self._grads()
-        outcome.found_inf = verdict.found_inf
+        outcome.found_inf = step.verdict.found_inf
         for component in self.components.values():
             component.record(ctx, outcome)
         if scaler is not None:
             scaler.step(self.base)
             scaler.update()
         elif outcome.found_inf is not None:
-            masked_step(self.base, outcome.found_inf, saved)
+            masked_step(self.base, outcome.found_inf, step.saved)
         else:
             self.base.step()
-        return self._info(
-            ctx,
-            counters,
-            loss,
-            outcome.ascent,
-            len(outcome.ascent_rows) if outcome.ascent else 0,
-            len(outcome.descent_rows),
-            verdict,
-        )
+        ascent_rows = len(outcome.ascent_rows) if outcome.ascent else 0
+        return self._info(step, outcome.ascent, ascent_rows, len(outcome.descent_rows))
 
-    def _skip(
-        self,
-        verdict: Verdict,
-        ctx: StepContext,
-        counters: list[_Counter],
-        loss: torch.Tensor | None,
-        scaler: torch.amp.GradScaler | None,
-    ) -> StepInfo:
-        """A step skipped on the host (``verdict`` holds the reason): weights back, no step."""
+    def _skip(self, step: _Step) -> StepInfo:
+        """A step skipped on the host (its verdict holds the reason): weights back, no step, and the
+        scale of a ``GradScaler`` backed off as after an overflow."""
         self.restore()
         self.zero_grad(set_to_none=True)
-        if scaler is not None:  # back off as GradScaler does on an overflow, without stepping
-            scaler.update(scaler.get_scale() * scaler.get_backoff_factor())
-        return self._info(ctx, counters, loss, False, 0, 0, verdict)
+        if step.scaler is not None:
+            amp.back_off(step.scaler)
+        return self._info(step, False, 0, 0)
 
-    def _info(
-        self,
-        ctx: StepContext,
-        counters: list[_Counter],
-        loss: torch.Tensor | None,
-        ascent: bool,
-        ascent_rows: int,
-        descent_rows: int,
-        verdict: Verdict,
-    ) -> StepInfo:
-        total = _Counter.sum(counters)
+    def _info(self, step: _Step, ascent: bool, ascent_rows: int, descent_rows: int) -> StepInfo:
+        total = Counter.sum([m.counter for m in step.micros])
         return StepInfo(
-            loss_tensor=loss,
+            loss_tensor=self._step_loss(step),
             ran_ascent=ascent,
             ran_ascent_rows=ascent_rows,
             ran_descent_rows=descent_rows,
@@ -912,12 +796,12 @@ class SharpnessAware(torch.optim.Optimizer):
             backward_passes=total.backward_passes,
             forward_samples=total.forward_samples,
             backward_samples=total.backward_samples,
-            rho=ctx.rho,
-            batch_size=ctx.batch_size or 0,
-            verdict=verdict,
+            rho=step.ctx.rho,
+            batch_size=step.ctx.batch_size or 0,
+            verdict=step.verdict,
         )
 
-    # -- davda54/sam's APIs: the caller runs the first forward/backward -----------------------------
+    # -- davda54/sam's APIs: the caller runs the forward/backward passes ---------------------------
     def _check_caller_passes(self, api: str) -> None:
         """Refuse components that need the engine to run the passes itself."""
         if self.selection.selects_rows:
@@ -936,18 +820,20 @@ class SharpnessAware(torch.optim.Optimizer):
     def _step_after_backward(
         self, closure: Callable[[], Any], batch_size: int | None, scaler: torch.amp.GradScaler | None
     ) -> StepInfo:
-        """davda54/sam's ``step(closure)``: first_step, the closure at w+ε, second_step."""
+        """davda54/sam's ``step(closure)``: first_step, the closure at w+ε, second_step. The step's loss
+        is the one the closure's first call returned."""
         self._check_caller_passes("step(closure) with a zero-argument closure")
         loss = None
         if all(p.grad is None for p in self.params):  # nobody ran the clean pass: the closure runs it
             with torch.enable_grad():
-                loss = _detached(closure())
+                loss = detached(closure())
         if self.first_step(zero_grad=True, scaler=scaler, batch_size=batch_size):
-            with torch.enable_grad(), running_stats_frozen(self.model):
-                closure()
-        pending = self._shared.pending
-        assert pending is not None
-        pending.loss = loss
+            with torch.enable_grad():
+                after = detached(closure())
+            loss = after if loss is None else loss
+        step = self._shared.pending
+        assert step is not None
+        step.loss = loss
         return self._second_step(scaler)
 
     @torch.no_grad()
@@ -962,12 +848,19 @@ class SharpnessAware(torch.optim.Optimizer):
         w ← w + ε if this step ascends, and return whether it did.
 
         The method's schedule decides (LookSAM, SS-SAM, ARSAM before, AE-SAM from the clean gradient's
-        norm). ``False`` means no perturbation: the clean gradient stays in ``.grad`` (``zero_grad`` is not
-        applied) and is the step's gradient, so skip the second forward/backward and call
-        ``second_step`` (a backward in between is an error there). ``False`` also when the clean gradient
-        is not finite: ``second_step`` then skips the step. With ``scaler`` (the ``GradScaler`` whose
-        scaled loss the caller back-propagated) norms are read unscaled; the direction needs no
-        unscaling. Selections that choose rows (AUSAM, K-SAM, …) and ESAM's stochastic weight
+        norm). With ``model=`` BatchNorm running statistics stay frozen until ``second_step``, so the
+        caller's second pass leaves them as the clean pass set them. ``False`` means no perturbation: run
+        the second forward/backward or not, then call ``second_step``. Without it the clean gradient is
+        the step's; with ``zero_grad=True`` a second backward replaces it (the same weights: a loop that
+        always runs both passes, as pytorch_optimizer's LookSAM example does, works), with
+        ``zero_grad=False`` it would add to it and ``second_step`` refuses. ``False`` also when the clean
+        gradient is not finite: ``second_step`` then skips the step.
+
+        AMP: pass ``scaler`` (the ``GradScaler`` whose scaled loss the caller back-propagated): norms are
+        read unscaled (the direction needs no unscaling), and a ``scaler.unscale_(opt)`` the caller ran
+        before this call (to clip the clean gradient) is taken over, so that ``scaler.step(opt)``
+        unscales the descent gradient. Without ``scaler`` such an ``unscale_`` is refused at
+        ``second_step``. Selections that choose rows (AUSAM, K-SAM, …) and ESAM's stochastic weight
         perturbation need ``step(closure(rows))`` and are refused. ``batch_size`` only feeds the counts
         of the ``StepInfo``. Calling it twice without ``second_step`` is an error.
         """
@@ -977,36 +870,43 @@ class SharpnessAware(torch.optim.Optimizer):
                 "second_step() (or step() without a closure) before the next first_step()"
             )
         self._check_caller_passes("first_step()")
+        scaler = amp.enabled(scaler)
+        if scaler is not None and amp.take_unscaled(scaler, self):
+            scaler = None  # the clean gradient is unscaled already
         ctx = self._context(batch_size or 0)
-        counter = _Counter()
-        counter.add(ctx.batch_size, True)  # the caller's clean pass
-        pending = _Pending(ctx, counter)
-        self._shared.pending = pending
-        self._read_scale(ctx, _enabled(scaler))
         ascend = self.schedule.decide(ctx)
-        norm = self._grad_norm(ctx)
-        if not self._finite(norm, norm):
-            pending.skip = "non-finite gradient in the clean pass"
+        passes = self.plan(ascend, external=True)
+        micros = [_Micro(None, ctx)]
+        step = _Step(ctx, micros, passes, scaler, Verdict(), ascend, ready=1, free_grads=zero_grad)
+        self._shared.pending = step
+        if not self._walk(step):
             return False
-        if ascend is None:
-            ascend = bool(self.schedule.decide_after(ctx, norm.square()))
-        pending.ascent, pending.norm = ascend, norm
-        if not ascend:
-            pending.hooks = [
-                p.register_post_accumulate_grad_hook(lambda _: self._backward_seen())
-                for p in self.params
-                if p.requires_grad
-            ]
-            return False
-        if self.keeps_clean_grads:
-            pending.clean_grads = [None if g is None else g.detach() / ctx.grad_scale for g in self._grads()]
-        self._perturb(ctx, free_grads=zero_grad)
-        return True
+        step.watch = self._watch(step, zero_grad)
+        return bool(step.ascend)
 
-    def _backward_seen(self) -> None:
-        pending = self._shared.pending
-        if pending is not None:
-            pending.backward_since = True
+    def _watch(self, step: _Step, zero_grad: bool) -> _Watch:
+        """Freeze BatchNorm statistics and hook the parameters until ``second_step``: a backward after an
+        ascent leaves a probe (to tell whether it was unscaled later), one after a step without ascent
+        replaces the clean gradient when ``zero_grad`` (else it is noted, to be refused)."""
+        watch = _Watch(contextlib.ExitStack())
+        watch.frozen.enter_context(running_stats_frozen(self.model))
+        trainable = [p for p in self.params if p.requires_grad]
+
+        def seen(p: nn.Parameter) -> None:
+            watch.backward = True
+            if step.ascend and watch.probe is None and p.grad is not None:
+                watch.probe = (p, p.grad.detach().clone())
+
+        def replace_clean(grad: torch.Tensor, p: nn.Parameter) -> torch.Tensor:
+            if id(p) not in watch.replaced:
+                watch.replaced.add(id(p))
+                p.grad = None
+            return grad
+
+        watch.hooks = [p.register_post_accumulate_grad_hook(seen) for p in trainable]
+        if not step.ascend and zero_grad:
+            watch.hooks += [p.register_hook(lambda g, p=p: replace_clean(g, p)) for p in trainable]
+        return watch
 
     @torch.no_grad()
     def second_step(self, zero_grad: bool = False, scaler: torch.amp.GradScaler | None = None) -> bool:
@@ -1017,74 +917,96 @@ class SharpnessAware(torch.optim.Optimizer):
         non-finite gradient without a scaler) nothing is stepped, the weights are exactly those before
         ``first_step`` and the scale backs off. Returns whether the base optimizer stepped.
         """
-        info = self._second_step(_enabled(scaler))
+        info = self._second_step(amp.enabled(scaler))
         if zero_grad:
             self.zero_grad(set_to_none=True)
         return not info.skipped
 
     def _second_step(self, scaler: torch.amp.GradScaler | None) -> StepInfo:
-        pending = self._shared.pending
-        if pending is None:
+        step = self._shared.pending
+        if step is None:
             raise RuntimeError(
                 "second_step() without first_step(): call first_step() after the first backward"
             )
         self._shared.pending = None
-        for hook in pending.hooks:
-            hook.remove()
+        if step.watch is not None:
+            step.watch.close()
         try:
-            return self._finish(pending, scaler)
+            return self._finish(step, scaler)
         finally:
             self.restore()
             self._shared.left = _grad_marks(self.params)
 
     @torch.no_grad()
-    def _finish(self, pending: _Pending, scaler: torch.amp.GradScaler | None) -> StepInfo:
-        self.restore()
-        ctx, counters = pending.ctx, [pending.counter]
-        if pending.backward_since:
+    def _finish(self, step: _Step, scaler: torch.amp.GradScaler | None) -> StepInfo:
+        """The rest of the two-step API's plan: the caller's second pass, the restore, the update."""
+        watch = step.watch
+        if watch is not None and watch.backward and not step.ascend:
+            self._second_pass_without_ascent(step, watch)
+        step.scaler = self._take_scaler_flags(step, scaler)
+        if step.stopped:
+            return self._skip(step)
+        step.ready = 1
+        if not self._walk(step):
+            return self._skip(step)
+        return self._update(step)
+
+    def _second_pass_without_ascent(self, step: _Step, watch: _Watch) -> None:
+        """A backward ran after ``first_step`` returned False: with ``zero_grad`` its gradient replaced the
+        clean one (a parameter it did not reach has none now), else it was added to it: refused."""
+        if not watch.replaced:
+            self.restore()
             self.zero_grad(set_to_none=True)
             raise RuntimeError(
                 "a backward() ran between first_step() and second_step() although first_step() returned "
                 "False (no ascent on this step, e.g. LookSAM/SS-SAM/AE-SAM): its gradient was added to "
-                "the step's clean gradient, so the step was dropped. Run the second forward/backward only "
-                "when first_step() returns True"
+                "the step's clean gradient, so the step was dropped. Call first_step(zero_grad=True) to "
+                "let a second pass replace the clean gradient, or run it only when first_step() returns True"
             )
-        found_inf = getattr(
-            self, "found_inf", None
-        )  # set by GradScaler.step(self) (see _step_supports_amp_scaling)
-        if found_inf is not None:
-            grad_scale = getattr(self, "grad_scale", None)  # None when the caller already unscaled
-            if pending.skip is None and not bool(found_inf):
-                if grad_scale is not None:
-                    inverse = grad_scale.double().reciprocal().float()
-                    for g in self._grads():
-                        if g is not None:
-                            g.mul_(inverse.to(g))
-                ctx.grad_scale = 1.0
-            elif pending.skip is None:
-                pending.skip = "non-finite gradient in the descent pass"
-            scaler = None  # GradScaler.update() backs off from its own inf check
-        if pending.ascent:
-            pending.counter.add(ctx.batch_size, True)  # the caller's pass at w+ε
-        if pending.skip is None and pending.ascent:
-            self._read_scale(ctx, scaler)
-            norm = self._grad_norm(ctx)
-            if not self._finite(norm, norm):
-                pending.skip = "non-finite gradient in the descent pass"
-        if pending.skip is not None:
-            return self._skip(Verdict(reason=pending.skip), ctx, counters, pending.loss, scaler)
-        rows = all_rows(ctx.batch_size)
-        empty = torch.zeros(0)
-        outcome = Outcome(
-            ascent=pending.ascent,
-            ascent_rows=rows,
-            descent_rows=rows,
-            loss_before=empty,
-            loss_after=empty if pending.ascent else None,
-            clean_grad_norm=pending.norm,  # type: ignore[arg-type]
-            clean_grads=pending.clean_grads,
-        )
-        return self._update(ctx, counters, pending.loss, outcome, scaler, Verdict())
+        for p in self.params:
+            if id(p) not in watch.replaced:
+                p.grad = None
+        step.micros[0].counter.add(step.ctx.batch_size, True)
+
+    def _take_scaler_flags(
+        self, step: _Step, scaler: torch.amp.GradScaler | None
+    ) -> torch.amp.GradScaler | None:
+        """``GradScaler.step(opt)`` hands its scale and its inf check (see ``_step_supports_amp_scaling``):
+        unscale by hand, or stop on its overflow; ``GradScaler.update()`` then backs off by itself, so
+        the update takes no scaler. Otherwise the scaler given to ``second_step``."""
+        found_inf = getattr(self, "found_inf", None)
+        if found_inf is None:
+            return scaler
+        grad_scale = getattr(self, "grad_scale", None)  # None when the caller already unscaled
+        if grad_scale is None and step.ascend and step.watch is not None:
+            self._refuse_unscaled_clean_pass(step.watch)
+        if not step.stopped and not bool(found_inf):
+            if grad_scale is not None:
+                inverse = grad_scale.double().reciprocal().float()
+                for g in self._grads():
+                    if g is not None:
+                        g.mul_(inverse.to(g))
+            step.ctx.grad_scale = 1.0
+        elif not step.stopped:
+            step.verdict = Verdict(reason="non-finite gradient in the descent pass")
+            step.stopped = True
+        return None
+
+    def _refuse_unscaled_clean_pass(self, watch: _Watch) -> None:
+        """``scaler.step(opt)`` says the gradient is unscaled, but the descent gradient is as its backward
+        left it: the ``unscale_`` ran on the clean gradient, before ``first_step``."""
+        if watch.probe is None:
+            return
+        param, probe = watch.probe
+        if param.grad is not None and bool(probe.any()) and torch.equal(param.grad, probe):
+            self.restore()
+            self.zero_grad(set_to_none=True)
+            raise RuntimeError(
+                "scaler.unscale_(opt) ran before first_step(), so the descent gradient reached "
+                "scaler.step(opt) still scaled and the step was dropped. Pass scaler=scaler to "
+                "first_step() (flatsam then takes that unscale_ over), or call scaler.unscale_(opt) after "
+                "the second backward"
+            )
 
     # -- checkpoints --------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -1135,19 +1057,34 @@ class SharpnessAware(torch.optim.Optimizer):
         return f"{type(self).__name__}(\n  base={type(self.base).__name__}, rho={self.rho},\n  {parts}\n)"
 
 
-def _shares(rows: list[int]) -> list[float]:
-    """Each micro-batch's part of the mean over all rows."""
-    total = sum(rows)
-    return [n / total for n in rows]
+def _refuse_foreign_keywords(base: type[torch.optim.Optimizer], kwargs: dict[str, Any]) -> None:
+    """Another SAM library's keyword that ``base`` does not take: a ``TypeError`` naming flatsam's way."""
+    try:
+        accepted = set(inspect.signature(base).parameters)
+    except (TypeError, ValueError):
+        accepted = set()
+    for key in kwargs:
+        if key in FOREIGN_KEYWORDS and key not in accepted:
+            raise TypeError(
+                f"{key}= is not a flatsam option, and {base.__name__} takes no such keyword: "
+                f"{FOREIGN_KEYWORDS[key]}"
+            )
 
 
-def _offsets(sizes: list[int]) -> list[int]:
-    """Where each micro-batch starts in the concatenated batch."""
-    starts, position = [], 0
-    for size in sizes:
-        starts.append(position)
-        position += size
-    return starts
+def _part_rows(parts: list[RowPlan], p: Pass) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """An m-sharpness part's rows: its clean rows, or its descent rows weighted by its share of the
+    batch (each part's descent gradient at its own w+ε is accumulated with weight rows/B)."""
+    part = parts[p.part]  # type: ignore[index]
+    if p.kind is Kind.CLEAN:
+        return part.ascent, part.ascent_weights
+    total = sum(len(q.descent) for q in parts)
+    share = torch.full((len(part.descent),), len(part.descent) / total, dtype=torch.float64)
+    return part.descent, share if part.descent_weights is None else share * part.descent_weights.to(share)
+
+
+def _every(batch_size: int) -> RowPlan:
+    rows = all_rows(batch_size)
+    return RowPlan(rows, rows)
 
 
 def _joined(rows: list[torch.Tensor], starts: list[int]) -> torch.Tensor:
@@ -1157,8 +1094,11 @@ def _joined(rows: list[torch.Tensor], starts: list[int]) -> torch.Tensor:
     return torch.cat([r + start for r, start in zip(rows, starts, strict=True)])
 
 
-def _detached(value: Any) -> torch.Tensor | None:
-    return value.detach() if isinstance(value, torch.Tensor) else None
+def _cat(losses: list[torch.Tensor]) -> torch.Tensor:
+    """Per-sample losses of the passes of one kind, in order (none: the caller ran the passes)."""
+    if not losses:
+        return torch.zeros(0)
+    return losses[0] if len(losses) == 1 else torch.cat(losses)
 
 
 def _flatten(params: Any) -> list[torch.Tensor]:
@@ -1169,3 +1109,4 @@ def _flatten(params: Any) -> list[torch.Tensor]:
         else:
             out.append(item)
     return out
+

@@ -64,6 +64,8 @@ class Selection(Component):
     needs_batch_size: ClassVar[bool] = True
     #: False when both passes always use every row with equal weights (the two-step API needs that)
     selects_rows: ClassVar[bool] = True
+    #: True when the selection keeps a per-sample history: every step needs the batch's dataset indices
+    needs_index: ClassVar[bool] = False
 
     def plan(self, ctx: StepContext, scores: torch.Tensor | None = None) -> RowPlan:
         raise NotImplementedError
@@ -188,6 +190,7 @@ class ADLPSampler(Selection):
 
     state_fields = ("dlp_sum", "dlp_count", "warmup_seen", "epoch")
     skip_on_device = True  # record leaves the history unchanged where outcome.found_inf is set
+    needs_index = True
 
     def __init__(
         self,
@@ -673,6 +676,7 @@ class InfoBatchPruning(Selection):
     """
 
     state_fields = ("scores", "weights", "kept", "pruned_epoch", "threshold", "threshold_epoch")
+    needs_index = True
     MODES = ("epoch", "batch")
 
     def __init__(
