@@ -7,7 +7,8 @@ import torch
 
 import flatsam
 from flatsam.methods import build_method
-from flatsam.methods.gsam import GSAM, GSAMPerturbation
+from flatsam.methods.gsam import GSAM
+from flatsam.perturbation import GSAMPerturbation
 from helpers import KW, LR, MOMENTUM, WD, assert_matches, batches, closure_for, round_trip
 from reference import MomentumSGD, Problem, tiny_mlp, toy_data
 from reference_gsam import ReferenceGSAM, proportion
@@ -146,3 +147,19 @@ def test_registered_with_sources():
     opt = build_method("gsam", tiny_mlp().parameters(), torch.optim.SGD, lr=0.1, overrides={"alpha": 0.2})
     assert isinstance(opt, GSAM) and opt.perturbation.alpha == 0.2
     assert flatsam.GSAM is GSAM
+
+
+def test_composes_by_name_as_the_preset_does():
+    """``custom:perturbation=gsam`` (here with every row, so the same as the preset) steps bit for bit as
+    ``GSAM``; the composed perturbation takes lr_max from the LR scheduler's initial_lr at its first step."""
+    x, y = toy_data()
+    models = [tiny_mlp(), tiny_mlp()]
+    composed = build_method(
+        "custom", models[0].parameters(), lr=LR, overrides={"perturbation": "gsam", "rho": 0.1}
+    )
+    preset = GSAM(models[1].parameters(), rho=0.1, lr=LR)
+    for opt, model in zip((composed, preset), models, strict=True):
+        run(opt, model, x, y, epochs=2)
+    assert composed.perturbation.lr_max == preset.perturbation.lr_max == LR
+    for a, b in zip(*(m.parameters() for m in models), strict=True):
+        assert torch.equal(a, b)

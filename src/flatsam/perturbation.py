@@ -248,10 +248,126 @@ class NoisySAMPerturbation(SAMPerturbation):
         return f"noise={self.noise}"
 
 
+# -- GSAM (Zhuang et al., ICLR 2022) ---------------------------------------------------------------
+
+
+def _check_number(name: str, value: float | None, low: float, *, none_ok: bool = False) -> None:
+    if value is None and none_ok:
+        return
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or value < low
+    ):
+        raise ValueError(f"{name} must be a finite number >= {low}, got {value!r}")
+
+
+def _dot(a: list[torch.Tensor], b: list[torch.Tensor]) -> torch.Tensor:
+    """Σ a·b over every pair of tensors, on the first tensor's device and dtype (no host read)."""
+    first = a[0]
+    return torch.stack([(x * y).sum().to(first) for x, y in zip(a, b, strict=True)]).sum()
+
+
+class GSAMPerturbation(Perturbation):
+    """GSAM's ascent and descent correction, after the official ``gsam/gsam.py``.
+
+    ρ follows the learning rate (the official ``ProportionScheduler``; Algorithm 1, step 0):
+    ρ_t = ρ_min + (ρ_max − ρ_min)(lr − lr_min)/(lr_max − lr_min), with ρ_max the group's ``rho``, lr
+    the current learning rate of the first perturbed parameter group (the official code reads
+    ``param_groups[0]``), not clamped (a warm-up below lr_min gives ρ_t below ρ_min, as there).
+    ``lr_max`` = None takes the first group's ``initial_lr`` (set by a torch LR scheduler), else its lr,
+    at the first step, and keeps it in ``state_dict``; ``lr_max == lr_min`` means a constant ρ = ρ_max.
+
+    ε = ρ_t g/(‖g‖ + eps); ``adaptive`` = the official code's rule ε = ρ_t w²g/(‖|w|g‖ + eps) (the
+    paper's Algorithm 1 writes ρ_t g/‖g‖·|w| instead; the code is followed). eps = 1e-12 (``perturb_eps``).
+
+    ``correct_descent`` (the official ``gradient_decompose``), with g the clean gradient and g_p the
+    descent gradient at w+ε: cos = ⟨g, g_p⟩/(‖g_p‖‖g‖ + eps), g_⊥ = g − cos·‖g‖·g_p/(‖g_p‖ + eps),
+    g_p ← g_p − α g_⊥. α = 0 is SAM with the scheduled ρ.
+
+    Under torch.distributed the official code runs both passes in ``no_sync``, decomposes on each worker
+    and then averages; here the clean gradient (kept for the decomposition) and the descent gradient are
+    averaged by DDP first and the decomposition runs on the averages, the same on every rank.
+    """
+
+    needs_clean_grads = True
+    skip_on_device = True
+    state_fields = ("lr_max",)
+
+    def __init__(
+        self,
+        alpha: float = 0.4,
+        rho_min: float | None = None,
+        lr_max: float | None = None,
+        lr_min: float = 0.0,
+        adaptive: bool = False,
+        eps: float = 1e-12,
+    ) -> None:
+        _check_number("alpha", alpha, 0.0)
+        _check_number("rho_min", rho_min, 0.0, none_ok=True)
+        _check_number("lr_min", lr_min, 0.0)
+        _check_number("lr_max", lr_max, 0.0, none_ok=True)
+        _check_number("eps", eps, 0.0)
+        if lr_max is not None and lr_max < lr_min:
+            raise ValueError(f"lr_max must be >= lr_min, got lr_max={lr_max}, lr_min={lr_min}")
+        self.alpha, self.rho_min, self.lr_min, self.eps = float(alpha), rho_min, float(lr_min), float(eps)
+        self.lr_max = None if lr_max is None else float(lr_max)
+        self.adaptive = bool(adaptive)
+        self.inner: Perturbation = (
+            ASAMPerturbation(eta=0.0, scope="all", eps=eps) if adaptive else SAMPerturbation(eps=eps)
+        )
+
+    def minimum(self, rho_max: float) -> float:
+        """ρ_min for a group whose ρ_max is ``rho_max``: the given ``rho_min``, else half of ρ_max."""
+        return rho_max / 2 if self.rho_min is None else self.rho_min
+
+    def rho_at(self, rho_max: float, lr: float) -> float:
+        """ρ_t of a group with radius ``rho_max`` at learning rate ``lr`` (the ProportionScheduler rule)."""
+        rho_min = self.minimum(rho_max)
+        if self.lr_max is None or self.lr_max <= self.lr_min:
+            return rho_max
+        return rho_min + (rho_max - rho_min) * (lr - self.lr_min) / (self.lr_max - self.lr_min)
+
+    def epsilon(self, ctx: StepContext, groups: list[dict[str, Any]]) -> Epsilon:
+        if not groups:
+            return []
+        lead = groups[0]
+        if self.lr_max is None:
+            self.lr_max = float(lead.get("initial_lr", lead["lr"]))
+        lr = float(lead["lr"])
+        return self.inner.epsilon(ctx, [{**g, "rho": self.rho_at(g["rho"], lr)} for g in groups])
+
+    @torch.no_grad()
+    def correct_descent(self, ctx: StepContext, outcome: Outcome) -> None:
+        clean = outcome.clean_grads or []
+        pairs = [
+            (g, gp)
+            for g, gp in zip(clean, outcome.descent_grads, strict=False)
+            if g is not None and gp is not None
+        ]
+        if not pairs:
+            return
+        old, new = [g for g, _ in pairs], [gp for _, gp in pairs]
+        new_norm, old_norm = total_norm(new).to(new[0]), total_norm(old).to(new[0])
+        cosine = _dot(old, new) / (new_norm * old_norm + self.eps)
+        coefficient = cosine * old_norm / (new_norm + self.eps)
+        for g, gp in pairs:
+            vertical = g - coefficient.to(gp) * gp
+            gp.add_(vertical, alpha=-self.alpha)
+
+    def extra_repr(self) -> str:
+        return (
+            f"alpha={self.alpha}, rho_min={self.rho_min}, lr_max={self.lr_max}, lr_min={self.lr_min}, "
+            f"adaptive={self.adaptive}"
+        )
+
+
 #: Perturbations by name, for composed methods on the command line (``--perturbation NAME``).
 PERTURBATIONS: dict[str, type[Perturbation]] = {
     "sam": SAMPerturbation,
     "asam": ASAMPerturbation,
     "swp": StochasticWeightPerturbation,
     "noisy": NoisySAMPerturbation,
+    "gsam": GSAMPerturbation,
 }
