@@ -66,17 +66,20 @@ def _train(rank: int, out: str) -> None:
 
 
 def _train_saf_gsam(rank: int, out: str) -> None:
-    """SAF's logits table (written with every rank's rows) and GSAM's corrected descent, under DDP."""
+    """SAF's logits table (written with every rank's rows), GSAM's corrected descent and MESA's EMA model
+    (built from the DDP-wrapped model), under DDP."""
     torch.set_num_threads(1)
     x, y = toy_data(n=48, seed=rank + 1)
     offset = 24 * rank
-    models = [torch.nn.parallel.DistributedDataParallel(tiny_mlp()) for _ in range(2)]
+    models = [torch.nn.parallel.DistributedDataParallel(tiny_mlp()) for _ in range(3)]
     saf = flatsam.SAF(
         models[0].parameters(), model=models[0], num_samples=48, lag_epochs=1, start_epoch=0, **KW
     )
     gsam = flatsam.GSAM(models[1].parameters(), model=models[1], rho=0.1, **KW)
+    mesa = flatsam.MESA(models[2].parameters(), model=models[2], start_epoch=0, decay=0.5, **KW)
     for epoch in range(3):
         saf.set_epoch(epoch)
+        mesa.set_epoch(epoch)
         for local in torch.arange(24).split(6):
             index = local + offset
 
@@ -91,10 +94,19 @@ def _train_saf_gsam(rank: int, out: str) -> None:
                     models[1](x[local[rows]]), y[local[rows]], reduction="none"
                 )
             )
+
+            def mesa_closure(rows, local=local):
+                inputs = x[local[rows]]
+                logits = models[2](inputs)
+                losses = F.cross_entropy(logits, y[local[rows]], reduction="none")
+                return mesa.add_trajectory_loss(losses, logits, inputs=inputs)
+
+            assert mesa.step(mesa_closure).forward_samples == (12 if epoch else 6)
     torch.save(
         {
             "history": saf.trajectory.history,
             "weights": [p.detach() for m in models for p in m.parameters()],
+            "ema": [p.detach() for p in mesa.trajectory.module.parameters()],
         },
         f"{out}.{rank}",
     )
@@ -137,5 +149,5 @@ def test_ranks_share_safs_table_and_gsams_steps(tmp_path):
     a, b = (torch.load(f"{out}.{rank}", weights_only=False) for rank in range(2))
     assert torch.equal(a["history"], b["history"]) and a["history"].shape == (48, 2, 3)
     assert (a["history"].abs().sum(dim=2) > 0).all()  # every row of both ranks, both slots, written
-    for p, q in zip(a["weights"], b["weights"], strict=True):
+    for p, q in zip(a["weights"] + a["ema"], b["weights"] + b["ema"], strict=True):
         assert torch.equal(p, q)

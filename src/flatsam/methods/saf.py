@@ -180,6 +180,8 @@ class EMAReference(TrajectoryLoss):
         if not (isinstance(decay, float | int) and 0.0 <= decay < 1.0):
             raise ValueError(f"decay must be in [0, 1), got {decay!r}")
         self.decay = float(decay)
+        if isinstance(model, nn.parallel.DistributedDataParallel):
+            model = model.module  # the copy is of the module (a DDP wrapper cannot be copied)
         self.source = model
         self.module = copy.deepcopy(model).eval().requires_grad_(False)
         self.forward_passes = self.forward_rows = 0
