@@ -11,7 +11,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from flatsam.methods import method_info
-from flatsam.train import paper, records
+from flatsam.train import grid, paper, records
 from flatsam.train.config import MethodSpec, TrainConfig
 from flatsam.train.loop import Run, check_method, load_data
 from flatsam.train.report import find_runs, write_report
@@ -240,7 +240,7 @@ SUITES: dict[str, Suite] = {
     "long-n40-crop": Suite(
         "the converged regime: 40 % label noise with random crops, 5,000 images, 100 epochs (4,000 steps), "
         "precise-BN evaluation: SGD, SAM, SAM for half the epochs (SGD's budget), AUSAM at ρ 0.1 and 0.05, "
-        "SAF, MESA and GSAM, 3 seeds",
+        "SAF, MESA, GSAM (also for half the epochs), 3 seeds",
         LONG_CROP_CONFIG,
         (
             "sgd",
@@ -249,6 +249,7 @@ SUITES: dict[str, Suite] = {
             "ausam",
             "ausam-rho0.05=ausam:rho=0.05",
             *trajectory_methods(40),  # 5,000 images, batch 128
+            "gsam-50ep=gsam:train.epochs=50,train.lr_warmup_epochs=5",  # GSAM at SGD's budget, as sam-50ep
         ),
     ),
     "long-n20-crop": equal_time_suite(
@@ -288,6 +289,7 @@ SUITES: dict[str, Suite] = {
 
 
 SUITES.update(paper.paper_suites())  # paper-cifar10, paper-cifar100, paper-tiny, paper-pose
+SUITES.update(grid.suites())  # the robust-promise grid: grid-MODEL-EPOCHSep-nNOISE[-crop] (bench/README)
 
 
 def with_common_rho(spec: MethodSpec, rho: float | None) -> MethodSpec:
