@@ -1,5 +1,6 @@
 """GSAM written out from the official code (github.com/juntang-zhuang/GSAM ``gsam/gsam.py`` and
-``gsam/scheduler.py``), independently of flatsam: float64 weight lists, gradients from autograd, the
+``gsam/scheduler.py``; the adaptive ε also as in github.com/google-research/big_vision
+``trainers/proj/gsam/gsam.py``), independently of flatsam: float64 weight lists, gradients from autograd, the
 ProportionScheduler rule for ρ_t, the ``gradient_decompose`` arithmetic line by line."""
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ class ReferenceGSAM:
         lr_max: float,
         lr_min: float,
         lr_of_step,
-        adaptive: bool = False,
+        adaptive: str | None = None,
     ) -> None:
         self.problem, self.opt = problem, opt
         self.rho_max, self.rho_min, self.alpha = rho_max, rho_min, alpha
@@ -42,7 +43,10 @@ class ReferenceGSAM:
         self.rhos: list[float] = []
 
     def perturbation(self, w: Weights, g: Weights, rho: float) -> Weights:
-        if self.adaptive:  # perturb_weights with weight_adaptive: norm of |w|·g, then e_w *= w²
+        if self.adaptive == "jax":  # big_vision gsam_gradient, adaptive_perturbation: a + |a|·ρ·b/(‖g‖ + eps)
+            norm = global_norm(g)
+            return [wi.abs() * rho * gi / (norm + EPS) for wi, gi in zip(w, g, strict=True)]
+        if self.adaptive == "pytorch":  # perturb_weights with weight_adaptive: norm of |w|·g, then e_w *= w²
             norm = global_norm([wi.abs() * gi for wi, gi in zip(w, g, strict=True)])
             return [gi * (rho / (norm + EPS)) * wi.pow(2) for wi, gi in zip(w, g, strict=True)]
         norm = global_norm(g)

@@ -35,7 +35,7 @@ def run(opt, model, x, y, epochs, start=0, ref=None, w=None):
     return w
 
 
-@pytest.mark.parametrize("adaptive", [False, True])
+@pytest.mark.parametrize("adaptive", [None, "pytorch", "jax"])
 def test_gsam_matches_the_official_rule(adaptive):
     x, y = toy_data()
     model = tiny_mlp()
@@ -51,7 +51,8 @@ def test_gsam_matches_the_official_rule(adaptive):
         lr_of_step=lr_of_step,
         adaptive=adaptive,
     )
-    opt = GSAM(model.parameters(), torch.optim.SGD, rho=rho, rho_min=rho / 4, adaptive=adaptive, **KW)
+    form = dict(adaptive=adaptive is not None, adaptive_form=adaptive or "pytorch")
+    opt = GSAM(model.parameters(), torch.optim.SGD, rho=rho, rho_min=rho / 4, **form, **KW)
     w = run(opt, model, x, y, epochs=3, ref=ref, w=ref.problem.weights())  # 12 steps
     assert ref.rhos[0] == pytest.approx(rho) and ref.rhos[-1] < 0.6 * rho  # ρ_t really moved
     assert_matches(model, opt, w, ref.opt)
@@ -134,6 +135,7 @@ def test_resume_is_bit_for_bit():
         (dict(lr_max=0.01, lr_min=0.1), "lr_max must be >= lr_min"),
         (dict(lr_min=0.5), "lr_min"),
         (dict(alpha=float("nan")), "alpha"),
+        (dict(adaptive=True, adaptive_form="paper"), "adaptive_form"),
     ],
 )
 def test_bad_hyperparameters_raise(kwargs, match):

@@ -279,12 +279,15 @@ class GSAMPerturbation(Perturbation):
     ``lr_max`` = None takes the first group's ``initial_lr`` (set by a torch LR scheduler), else its lr,
     at the first step, and keeps it in ``state_dict``; ``lr_max == lr_min`` means a constant ρ = ρ_max.
 
-    ε = ρ_t g/(‖g‖ + eps); ``adaptive`` = the official code's rule ε = ρ_t w²g/(‖|w|g‖ + eps) (the
-    paper's Algorithm 1 writes ρ_t g/‖g‖·|w| instead; the code is followed). eps = 1e-12 (``perturb_eps``).
+    ε = ρ_t g/(‖g‖ + eps), eps = 1e-12 (``perturb_eps``). ``adaptive``: with ``adaptive_form="pytorch"``
+    (default) the PyTorch code's rule ε = ρ_t w²g/(‖|w|g‖ + eps); with ``"jax"`` the rule of the authors'
+    JAX implementation (github.com/google-research/big_vision ``trainers/proj/gsam/gsam.py``, which the
+    PyTorch README calls the official one) and of the paper's Algorithm 1, ε = ρ_t |w| g/(‖g‖ + eps).
 
     ``correct_descent`` (the official ``gradient_decompose``), with g the clean gradient and g_p the
     descent gradient at w+ε: cos = ⟨g, g_p⟩/(‖g_p‖‖g‖ + eps), g_⊥ = g − cos·‖g‖·g_p/(‖g_p‖ + eps),
-    g_p ← g_p − α g_⊥. α = 0 is SAM with the scheduled ρ.
+    g_p ← g_p − α g_⊥. α = 0 is SAM with the scheduled ρ. (The JAX code projects onto g_p/‖g_p‖ with no
+    eps, the same up to rounding; its ``minimize_fp=False`` variant, which corrects g instead, is not here.)
 
     Under torch.distributed the official code runs both passes in ``no_sync``, decomposes on each worker
     and then averages; here the clean gradient (kept for the decomposition) and the descent gradient are
@@ -302,8 +305,11 @@ class GSAMPerturbation(Perturbation):
         lr_max: float | None = None,
         lr_min: float = 0.0,
         adaptive: bool = False,
+        adaptive_form: Literal["pytorch", "jax"] = "pytorch",
         eps: float = 1e-12,
     ) -> None:
+        if adaptive_form not in ("pytorch", "jax"):
+            raise ValueError(f"adaptive_form must be 'pytorch' or 'jax', got {adaptive_form!r}")
         _check_number("alpha", alpha, 0.0)
         _check_number("rho_min", rho_min, 0.0, none_ok=True)
         _check_number("lr_min", lr_min, 0.0)
@@ -313,9 +319,12 @@ class GSAMPerturbation(Perturbation):
             raise ValueError(f"lr_max must be >= lr_min, got lr_max={lr_max}, lr_min={lr_min}")
         self.alpha, self.rho_min, self.lr_min, self.eps = float(alpha), rho_min, float(lr_min), float(eps)
         self.lr_max = None if lr_max is None else float(lr_max)
-        self.adaptive = bool(adaptive)
+        self.adaptive, self.adaptive_form = bool(adaptive), adaptive_form
+        self.by_weight = self.adaptive and adaptive_form == "jax"  # ε ⊙ |w| after SAM's ε
         self.inner: Perturbation = (
-            ASAMPerturbation(eta=0.0, scope="all", eps=eps) if adaptive else SAMPerturbation(eps=eps)
+            ASAMPerturbation(eta=0.0, scope="all", eps=eps)
+            if self.adaptive and not self.by_weight
+            else SAMPerturbation(eps=eps)
         )
 
     def minimum(self, rho_max: float) -> float:
@@ -336,7 +345,8 @@ class GSAMPerturbation(Perturbation):
         if self.lr_max is None:
             self.lr_max = float(lead.get("initial_lr", lead["lr"]))
         lr = float(lead["lr"])
-        return self.inner.epsilon(ctx, [{**g, "rho": self.rho_at(g["rho"], lr)} for g in groups])
+        pairs = self.inner.epsilon(ctx, [{**g, "rho": self.rho_at(g["rho"], lr)} for g in groups])
+        return [(p, e * p.detach().abs()) for p, e in pairs] if self.by_weight else pairs
 
     @torch.no_grad()
     def correct_descent(self, ctx: StepContext, outcome: Outcome) -> None:
@@ -359,7 +369,7 @@ class GSAMPerturbation(Perturbation):
     def extra_repr(self) -> str:
         return (
             f"alpha={self.alpha}, rho_min={self.rho_min}, lr_max={self.lr_max}, lr_min={self.lr_min}, "
-            f"adaptive={self.adaptive}"
+            f"adaptive={self.adaptive}, adaptive_form={self.adaptive_form!r}"
         )
 
 

@@ -3,7 +3,7 @@ orthogonal to it (the surrogate gap's descent direction), with ρ scheduled with
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -16,9 +16,11 @@ _CODE = "official code, github.com/juntang-zhuang/GSAM"
 
 
 class GSAM(SharpnessAware):
-    """GSAM (Zhuang et al., "Surrogate Gap Guided Sharpness-Aware Minimization", ICLR 2022): SAM's two
-    passes, ρ scheduled with the learning rate, and the descent gradient g_p − α g_⊥ (see
-    ``GSAMPerturbation``). SAM's cost, plus one kept copy of the clean gradient.
+    """GSAM (Zhuang et al., "Surrogate Gap Minimization Improves Sharpness-Aware Training", ICLR 2022):
+    SAM's two passes, ρ scheduled with the learning rate, and the descent gradient g_p − α g_⊥ (see
+    ``GSAMPerturbation``). SAM's cost, plus one kept copy of the clean gradient. The PyTorch code
+    (github.com/juntang-zhuang/GSAM) is followed; ``adaptive_form="jax"`` takes the adaptive ε of the
+    authors' JAX code (big_vision), whose ImageNet ViT config runs ρ 0.6 → 0.1 and α 0.6.
 
     Defaults: α = 0.4 (the official PyTorch example ``example/train.py``; also the paper's ViT-S/32 and
     ViT-B/16 rows), ``adaptive`` = False (the official ``GSAM`` class and every row of the paper's
@@ -44,12 +46,13 @@ class GSAM(SharpnessAware):
         lr_max: float | None = None,
         lr_min: float = 0.0,
         adaptive: bool = False,
+        adaptive_form: Literal["pytorch", "jax"] = "pytorch",
         model: nn.Module | None = None,
         **kwargs: Any,
     ) -> None:
         if rho_min is not None and rho_min > rho:
             raise ValueError(f"rho_min must be <= rho (rho_max), got rho_min={rho_min}, rho={rho}")
-        perturbation = GSAMPerturbation(alpha, rho_min, lr_max, lr_min, adaptive)
+        perturbation = GSAMPerturbation(alpha, rho_min, lr_max, lr_min, adaptive, adaptive_form)
         super().__init__(params, base_optimizer, rho=rho, model=model, perturbation=perturbation, **kwargs)
         if perturbation.lr_max is None:
             perturbation.lr_max = float(self.param_groups[0]["lr"])
@@ -76,6 +79,11 @@ register(
             ),
             "lr_min": Default(0.0, f"{_CODE} example/train.py: cosine schedule to 0"),
             "adaptive": Default(False, f"{_CODE} gsam/gsam.py class default; paper Table 4"),
+            "adaptive_form": Default(
+                "pytorch",
+                f"{_CODE} gsam/gsam.py (w²g/‖|w|g‖); 'jax': github.com/google-research/big_vision "
+                "trainers/proj/gsam/gsam.py and the paper's Algorithm 1 (|w|g/‖g‖)",
+            ),
         },
     )
 )
