@@ -6,7 +6,7 @@ BENCH_OUT ?= runs/bench
 BENCH_FLAGS ?=
 BENCH := $(PY) -m flatsam bench $(BENCH_FLAGS)
 
-.PHONY: setup test test-slow bench bench-quick bench-all bench-long bench-ablation bench-tasks lint
+.PHONY: setup test test-slow bench bench-quick bench-all bench-long bench-ablation bench-tasks lint docs wheel gpu-check
 setup: .venv/.installed
 .venv/.installed: pyproject.toml scripts/setup.sh
 	bash scripts/setup.sh
@@ -42,3 +42,22 @@ bench-tasks: setup
 
 lint: setup
 	$(PY) -m ruff check src tests examples
+
+# The documentation site (mkdocs, strict: a broken link or API reference fails) into site/; the docs extra
+# is installed on first use.
+docs: setup
+	$(PY) -c "import mkdocs, mkdocstrings, material" 2>/dev/null || $(PY) -m pip install --quiet -e ".[docs]"
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict
+
+# The wheel and sdist into dist/, checked by twine; the release extra is installed on first use.
+wheel: setup
+	$(PY) -c "import build, twine" 2>/dev/null || $(PY) -m pip install --quiet -e ".[release]"
+	rm -rf dist
+	$(PY) -m build --outdir dist .
+	$(PY) -m twine check --strict dist/*
+
+# The GPU check (docs/data-and-gpu.md): CUDA tests, step times of ResNet-18 and WRN-28-10, short CIFAR-shaped
+# runs and the paper suites' dry-runs into GPU_CHECK_OUT; without CUDA it runs the CPU part (about a minute).
+GPU_CHECK_OUT ?= runs/gpu-check
+gpu-check: setup
+	$(PY) -m flatsam.train.gpu_check --out $(GPU_CHECK_OUT)
