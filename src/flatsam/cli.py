@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from flatsam.train.config import MethodSpec, TrainConfig, parse_options
+from flatsam.train.grid import SUITE_NAMES as GRID_SUITES
 
 CONFIG_HELP = {
     "dataset": "dataset: fashion-mnist, cifar10, cifar100, tiny-imagenet or synthetic",
@@ -488,6 +489,7 @@ def build_parser() -> argparse.ArgumentParser:
             "paper-cifar100",
             "paper-tiny",
             "paper-pose",
+            *GRID_SUITES,
         ],
         default="default",
         help="the suite to run (default: default). default: sgd, sam, ausam × 3 seeds; all: every method and "
@@ -499,7 +501,8 @@ def build_parser() -> argparse.ArgumentParser:
         "epochs; long-n40-crop-10k: 40 %% noise, crops, "
         "10,000 images, 60 epochs; "
         "ablation: AUSAM's budget, options and the authors' recipe on the default setting; quant/pose: the "
-        "paper's other tasks (LSQ w4a4 QAT; SimCC on the stick-figure stand-in)",
+        "paper's other tasks (LSQ w4a4 QAT; SimCC on the stick-figure stand-in); grid-*: the eight settings "
+        "of the robust-promise grid (bench/README, 'The grid')",
     )
     bench.add_argument("--quick", action="store_true", help="the quick suite (about a minute)")
     bench.add_argument(
