@@ -216,3 +216,34 @@ def test_harness_trains_and_resumes(tmp_path, method, options):
     mine, theirs, sgd = (r.setup.model.state_dict() for r in (straight, resumed, plain))
     assert all(torch.equal(mine[k], theirs[k]) for k in mine)
     assert not all(torch.equal(mine[k], sgd[k]) for k in mine)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize(
+    ("method", "options"),
+    [("saf", {"lag_epochs": 1, "start_epoch": 0}), ("mesa", {"start_epoch": 0}), ("gsam", {})],
+)
+def test_cuda_steps_make_no_host_synchronisation(method, options):
+    """On CUDA (sync_free by default), SAF's table, MESA's EMA forward and update, and GSAM's correction
+    read nothing on the host once the optimizer state exists (``set_sync_debug_mode("error")``)."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(5, 7), torch.nn.Tanh(), torch.nn.Linear(7, 3)).cuda()
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(24, 5, generator=g).cuda(), torch.randint(0, 3, (24,), generator=g).cuda()
+    order = [i.cuda() for i in torch.randperm(24, generator=g).split(6)]
+    opt = build_method(method, model.parameters(), model=model, num_samples=24, overrides=options, lr=0.1)
+    for epoch in range(3):
+        opt.set_epoch(epoch)
+        for step, idx in enumerate(order):
+            if epoch == 0 and step == 0:  # the step that creates the optimizer state may read the flag
+                opt.step(closure(opt, model, x, y, idx), index=idx)
+                continue
+            torch.cuda.synchronize()
+            torch.cuda.set_sync_debug_mode("error")
+            try:
+                info = opt.step(closure(opt, model, x, y, idx), index=idx)
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+            assert not info.skipped
+    assert torch.isfinite(torch.cat([p.detach().flatten() for p in model.parameters()])).all()
