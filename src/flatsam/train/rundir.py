@@ -116,7 +116,10 @@ class FolderLock:
         """Remove the lock; ``discard_empty``: also the folder, if ``acquire`` made it and it is empty."""
         if self.fd is None:
             return
-        self.path.unlink(missing_ok=True)
+        # a read-only or full disk must not replace the error that stopped the run (naming the checkpoint)
+        # with one naming the lock: a lock file left behind is taken over by the next run (flock is gone)
+        with contextlib.suppress(OSError):
+            self.path.unlink(missing_ok=True)
         os.close(self.fd)
         self.fd = None
         if discard_empty and self.created:
