@@ -420,19 +420,19 @@ class ARSAMWindow(Schedule):
 
 
 class MicroBatchScheduler(Schedule):
-    """Which steps run the micro-batch ascent and which the base optimizer alone, in the noise-injected
-    micro-batch scheduler of Wei, Zhang, Tan (Neural Networks 185 (2025) 107205).
+    """Micro-batch ascents on an even share of the steps, the base optimizer alone on the rest.
 
-    The paper's abstract (the only public text) unifies the efficient SAMs that *switch* between SAM and
-    the base optimizer (LookSAM, SS-SAM, AE-SAM) with those that *reduce the data* of the ascent (ESAM,
-    K-SAM) as one micro-batch scheduler: both compute the perturbation from fewer samples than the
-    descent. This class models that view (our modelling; the paper's rule is not public): a budget of
-    ascent rows per batch row, ``budget``, spent by ascents on micro-batches of ``fraction`` of the
-    batch, so a fraction r = budget/fraction of the steps ascend, spread evenly: step t ascends when
-    ⌈(t + 1)·r⌉ > ⌈t·r⌉ (step 0 always; r in exact rationals, from ``ctx.step``, so a resume and every
-    DDP rank agree). budget = fraction is an ascent on every step (flatsam's ``mbsam``); fraction 1 with
-    budget 1/k is LookSAM's switching every k steps (``EveryK(k)``); in between, micro-batch ascents on
-    some steps only. Cost ≈ 1 + budget passes per step.
+    The switching of the noise-injected micro-batch scheduler of Wei, Zhang, Tan (Neural Networks 185 (2025)
+    107205). The paper's abstract (the only public text) unifies the efficient SAMs that *switch* between
+    SAM and the base optimizer (LookSAM, SS-SAM, AE-SAM) with those that *reduce the data* of the ascent
+    (ESAM, K-SAM) as one micro-batch scheduler: both compute the perturbation from fewer samples than the
+    descent. This class models that view (our modelling; the paper's rule is not public): a budget of ascent
+    rows per batch row, ``budget``, spent by ascents on micro-batches of ``fraction`` of the batch, so a
+    fraction r = budget/fraction of the steps ascend, spread evenly: step t ascends when ⌈(t + 1)·r⌉ > ⌈t·r⌉
+    (step 0 always; r in exact rationals, from ``ctx.step``, so a resume and every DDP rank agree). budget =
+    fraction is an ascent on every step (flatsam's ``mbsam``); fraction 1 with budget 1/k is LookSAM's
+    switching every k steps (``EveryK(k)``); in between, micro-batch ascents on some steps only. Cost ≈ 1 +
+    budget passes per step.
     """
 
     skip_on_device = True
