@@ -317,13 +317,19 @@ def hostile_copy(runs: Path, finished: Path, name: str, damage: Callable[[Path],
     damage(runs / name)
 
 
-def set_result(**changes) -> Callable[[Path], None]:
+def edit_json(name: str, **changes) -> Callable[[Path], None]:
+    """A damage: the JSON object in the run file ``name`` updated with ``changes``."""
+
     def damage(folder: Path) -> None:
-        result = json.loads((folder / records.RESULT).read_text())
-        result.update(changes)
-        (folder / records.RESULT).write_text(json.dumps(result))
+        value = json.loads((folder / name).read_text())
+        value.update(changes)
+        (folder / name).write_text(json.dumps(value))
 
     return damage
+
+
+def set_result(**changes) -> Callable[[Path], None]:
+    return edit_json(records.RESULT, **changes)
 
 
 def replace_with(name: str, make: Callable[[Path], None]) -> Callable[[Path], None]:
@@ -334,18 +340,9 @@ def replace_with(name: str, make: Callable[[Path], None]) -> Callable[[Path], No
     return damage
 
 
-def set_config(**changes) -> Callable[[Path], None]:
-    def damage(folder: Path) -> None:
-        saved = json.loads((folder / records.CONFIG).read_text())
-        saved.update(changes)
-        (folder / records.CONFIG).write_text(json.dumps(saved))
-
-    return damage
-
-
 #: (folder, damage, what the skipped-runs line says about it)
 REPORT_CASES = [
-    ("env-list", set_config(environment=[1, 2]), "'environment' is not a JSON object"),
+    ("env-list", edit_json(records.CONFIG, environment=[1, 2]), "'environment' is not a JSON object"),
     ("result-dev-zero", replace_with(records.RESULT, lambda p: p.symlink_to("/dev/zero")), "symbolic link"),
     ("metrics-fifo", replace_with(records.METRICS, os.mkfifo), "metrics.jsonl is a FIFO"),
     ("config-link", replace_with(records.CONFIG, lambda p: p.symlink_to("/etc/passwd")), "symbolic link"),
@@ -452,3 +449,33 @@ def test_validate_accepts_good_values():
     validate.check_component_state(
         "s", {"a": torch.ones(0), "n": 2, "f": 0.5}, {"a": torch.ones(7), "n": 3, "f": 1}
     )
+
+
+MPII_RECORD = {
+    "image": "a.jpg",
+    "center": [10, 10],
+    "scale": 1.0,
+    "joints": [[1, 2]] * 16,
+    "joints_vis": [1] * 16,
+}
+
+
+@pytest.mark.parametrize(
+    ("change", "said"),
+    [
+        ({"scale": float("inf")}, "'scale' must be a number > 0 and finite, got inf"),
+        ({"scale": True}, "'scale' must be a number"),
+        ({"image": "../../etc/passwd"}, "'image' must be a file name in images/"),
+        ({"image": ".."}, "'image' must be a file name in images/"),
+        ({"center": [float("inf"), 1]}, "'center': expected finite numbers"),
+    ],
+    ids=["scale Infinity", "scale true", "image outside images/", "image ..", "center Infinity"],
+)
+def test_mpii_fields_are_refused_naming_them(change, said, tmp_path):
+    from flatsam.pose import mpii
+
+    path = tmp_path / "mpii_val.json"
+    path.write_text(json.dumps([{**MPII_RECORD, **change}]))  # json writes Infinity as MPII files may hold
+    with pytest.raises(ValueError, match=said) as info:
+        mpii.read_annotations(path)
+    assert str(path) in str(info.value)

@@ -69,7 +69,7 @@ def read_annotations(path: str | Path) -> list[dict[str, Any]]:
             raise _fail(path, where, f"'image' must be a file name in images/, got {image!r:.80}")
         scale = record["scale"]
         if isinstance(scale, bool) or not isinstance(scale, int | float) or not 0 < scale < math.inf:
-            raise _fail(path, where, f"'scale' must be a finite number > 0, got {scale!r:.80}")
+            raise _fail(path, where, f"'scale' must be a number > 0 and finite, got {scale!r:.80}")
         box = record.get("headbox")
         out.append(
             {

@@ -13,6 +13,7 @@ import torch
 
 from flatsam.losses import SMOOTHING_FORMS
 from flatsam.train.precise_bn import EVAL_BN
+from flatsam.validate import MAX_SEED
 
 
 def parse_value(text: str) -> Any:
@@ -73,9 +74,6 @@ _KINDS: dict[str, tuple[type, ...]] = {
     "dict[str, Any]": (dict,),
 }
 _ARTICLE = {"int": "an int", "dict[str, Any]": "a JSON object (dict)"}
-
-#: Seeds are 64-bit: torch.manual_seed takes at most 2**64 - 1; flatsam's child seeds stay below 2**63.
-MAX_SEED = 2**63 - 1
 
 
 def check_type(name: str, value: Any, annotation: str) -> None:
@@ -205,8 +203,8 @@ class TrainConfig:
             ("device", valid_device(self.device), "cpu, cuda, cuda:N or auto"),
             ("amp", self.amp in (None, "bf16", "fp16"), "'bf16', 'fp16' or unset"),
             ("accumulate", self.accumulate >= 1, ">= 1"),
-            ("seed", 0 <= self.seed <= MAX_SEED, f"in [0, {MAX_SEED}] (2**63 - 1)"),
-            ("data_seed", 0 <= self.data_seed <= MAX_SEED, f"in [0, {MAX_SEED}] (2**63 - 1)"),
+            ("seed", 0 <= self.seed <= MAX_SEED, f"in [0, {MAX_SEED}]"),
+            ("data_seed", 0 <= self.data_seed <= MAX_SEED, f"in [0, {MAX_SEED}]"),
             ("simcc_split", self.pose_size * self.simcc_split >= 1, ">= 1 / pose_size (at least one bin)"),
         ]
         for name, ok, valid in checks:
