@@ -183,3 +183,26 @@ def test_presets_say_where_their_values_come_from():
         assert info.defaults["rho"].value == 0.05 and not info.sam_rho
     assert flatsam.method_info("ausam").defaults["rho"].value == 0.1  # the authors' AUSAM is unchanged
     assert type(build("ausam", SETTINGS[0].model(), 28).selection) is ADLPSampler
+
+
+def test_the_noisy_share_script_measures_a_candidate_on_a_recorded_setting(tmp_path):
+    """bench/noisy-selection/measure.py --method ausam-lowloss --epochs 3: a short run of a candidate on a
+    recorded run's setting, every drawn row counted."""
+    import importlib.util
+    from pathlib import Path
+
+    from flatsam.train.loop import train
+    from helpers import tiny_run_config
+
+    script = Path(__file__).resolve().parents[1] / "bench" / "noisy-selection" / "measure.py"
+    spec = importlib.util.spec_from_file_location("noisy_selection_measure", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    train(tiny_run_config(tmp_path / "recorded", subset=256, label_noise=0.3, epochs=2), progress=False)
+    out = tmp_path / "measured"
+    out.mkdir()
+    summary = module.measure(tmp_path / "recorded", out, method="ausam-lowloss", epochs=3)
+    assert summary["method"] == "ausam-lowloss" and summary["epochs"] == 3
+    assert summary["recorded_final_test_acc"] is None  # a new run: nothing recorded to compare with
+    assert summary["drawn_rows_by_epoch"] == {0: 256, 1: 128, 2: 128}
+    assert summary["noisy_share_by_epoch"][0] == summary["noise_rate"]
