@@ -17,6 +17,8 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 import flatsam.engine
+import flatsam.two_step
+import flatsam.walk
 from flatsam.component import Outcome
 from flatsam.losses import cross_entropy
 from flatsam.train import TrainConfig
@@ -129,7 +131,8 @@ BN_MUTANTS: dict[str, Callable[[nn.Module | None], contextlib.AbstractContextMan
 def assert_fails_under_mutant(mutant: str, monkeypatch: pytest.MonkeyPatch, check: Callable[[], Any]) -> None:
     """``check`` (a reference comparison that passes on the real engine) fails once the engine's
     BatchNorm helper is replaced by the mutant."""
-    monkeypatch.setattr(flatsam.engine, "running_stats_frozen", BN_MUTANTS[mutant])
+    for module in (flatsam.walk, flatsam.two_step):  # the walk's passes and the two-step API's watch
+        monkeypatch.setattr(module, "running_stats_frozen", BN_MUTANTS[mutant])
     with pytest.raises(AssertionError):
         check()
 

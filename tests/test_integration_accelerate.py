@@ -99,3 +99,20 @@ def test_prepare_refuses_a_plain_optimizer():
     accelerator = Accelerator(cpu=True)
     with pytest.raises(TypeError, match="flatsam optimizer"):
         prepare(accelerator, torch.optim.SGD(nn.Linear(2, 2).parameters(), lr=0.1))
+
+
+@pytest.mark.parametrize("accumulate", [1, ACCUMULATE])
+def test_the_usual_accelerate_idiom_is_refused_at_its_first_step(accumulate):
+    """accelerator.prepare(model, opt) alone: AcceleratedOptimizer.step would run the engine on the last
+    micro-batch of each cycle only; the first step that reaches the engine refuses, naming prepare."""
+    accelerator = Accelerator(cpu=True, gradient_accumulation_steps=accumulate)
+    model, opt, _ = setup()
+    before = [p.detach().clone() for p in model.parameters()]
+    model, opt, loader = accelerator.prepare(model, opt, DataLoader(dataset(), batch_size=BATCH))
+    batches = iter(loader)
+    with pytest.raises(RuntimeError, match=r"flatsam.integrations.accelerate.prepare\(accelerator, opt\)"):
+        for x, y, _ in batches:
+            with accelerator.accumulate(model):
+                opt.step(losses(model, x, y))
+    assert all(torch.equal(a, p) for a, p in zip(before, model.parameters(), strict=True))
+    assert opt.optimizer.step_count == 0

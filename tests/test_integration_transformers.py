@@ -147,3 +147,25 @@ def test_per_sample_loss_of_token_logits_is_the_mean_over_counted_tokens():
         ]
         expected.append(torch.stack(terms).mean())
     torch.testing.assert_close(got, torch.stack(expected))
+
+
+class NoIndex(Rows):
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {"x": X[i], "labels": Y[i]}
+
+
+def test_a_history_method_without_an_index_column_fails_before_training(tmp_path):
+    model = Tiny()
+    before = [p.detach().clone() for p in model.parameters()]
+    args = TrainingArguments(
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=BATCH,
+        report_to=[],
+        save_strategy="no",
+        disable_tqdm=True,
+        use_cpu=True,
+    )
+    trainer = InOrder(model=model, args=args, train_dataset=NoIndex(), optimizers=(ausam(model), None))
+    with pytest.raises(ValueError, match="no 'index' column .*x, labels.*add_column"):
+        trainer.train()
+    assert all(torch.equal(a, p) for a, p in zip(before, model.parameters(), strict=True))

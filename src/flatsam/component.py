@@ -71,13 +71,13 @@ class Component:
     resumed run continues bit for bit. ``needs_clean_grads`` asks the engine to keep a copy of the clean
     gradient of ascent steps for ``record``.
 
-    ``skip_on_device``, declared on the class itself (a subclass does not inherit it), promises that the
-    component's part of a step may run before the engine knows whether the step is skipped for a
-    non-finite loss or gradient: it draws no random numbers after the clean pass, and its ``record``
-    leaves its state unchanged wherever ``outcome.found_inf`` is set, without reading that flag on the
-    host. When every component promises it, the engine never waits for the flag (see
-    :mod:`flatsam.skipping`); otherwise it reads the flag after each pass, as ``GradScaler`` does for an
-    optimizer without a fused kernel.
+    ``skip_on_device`` promises that the component's part of a step may run before the engine knows
+    whether the step is skipped for a non-finite loss or gradient: it draws no random numbers after the
+    clean pass, and its ``record`` leaves its state unchanged wherever ``outcome.found_inf`` is set,
+    without reading that flag on the host. A subclass inherits the promise; one that draws after the
+    clean pass or records otherwise sets ``skip_on_device = False``. When every component promises it,
+    the engine never waits for the flag (see :mod:`flatsam.skipping`); otherwise it reads the flag after
+    each pass, as ``GradScaler`` does for an optimizer without a fused kernel.
     """
 
     state_fields: ClassVar[tuple[str, ...]] = ()
@@ -87,8 +87,8 @@ class Component:
 
     @classmethod
     def skips_on_device(cls) -> bool:
-        """Whether this very class declares ``skip_on_device`` (not a base class of it)."""
-        return bool(cls.__dict__.get("skip_on_device", False))
+        """Whether the class (or the base class it inherits from) declares ``skip_on_device``."""
+        return bool(cls.skip_on_device)
 
     def set_epoch(self, epoch: int) -> None:
         """Called by ``SharpnessAware.set_epoch`` at the start of every epoch."""

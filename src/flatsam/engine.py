@@ -9,34 +9,32 @@ import math
 import numbers
 import sys
 import warnings
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import torch
 from torch import nn
-from torch.nn.modules.batchnorm import _BatchNorm
 
 from flatsam import amp, plan
 from flatsam.closures import (
     INDEX_HOWTO,
     Closure,
-    check_losses,
     checked_index,
     checked_sizes,
-    detached,
     per_micro_batch,
-    reduce,
     takes_rows,
 )
 from flatsam.component import Component, Outcome, StepContext
 from flatsam.perturbation import Perturbation, SAMPerturbation, total_norm
-from flatsam.plan import BACKWARD, FORWARD, Kind, Pass
+from flatsam.plan import Pass
 from flatsam.reuse import NoReuse, Reuse
 from flatsam.schedule import Always, Schedule
-from flatsam.selection import AllRows, RowPlan, Selection, all_rows, every_row
+from flatsam.selection import AllRows, RowPlan, Selection, all_rows
 from flatsam.skipping import Verdict, clones, masked_step
 from flatsam.stepinfo import Counter, StepInfo
+from flatsam.two_step import TwoStepAPI
+from flatsam.walk import Micro, PlanWalker, Shared, Step, grad_marks, running_stats_frozen
 
 __all__ = ["SharpnessAware", "StepInfo", "running_stats_frozen"]
 
@@ -54,111 +52,7 @@ FOREIGN_KEYWORDS = {
 }
 
 
-@contextlib.contextmanager
-def running_stats_frozen(model: nn.Module | None) -> Iterator[None]:
-    """BatchNorm layers of ``model`` normalise with batch statistics but update no buffer (running
-    mean/var and ``num_batches_tracked`` alike), by toggling ``track_running_stats``."""
-    layers = (
-        []
-        if model is None
-        else [m for m in model.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
-    )
-    for layer in layers:
-        layer.track_running_stats = False
-    try:
-        yield
-    finally:
-        for layer in layers:
-            layer.track_running_stats = True
-
-
-@dataclass
-class _Micro:
-    """One micro-batch of a step (a plain step is one micro-batch whose context is the step's)."""
-
-    closure: Closure | None  # None: the caller runs its passes (first_step/second_step)
-    ctx: StepContext
-    counter: Counter = field(default_factory=Counter)
-    rows: RowPlan | None = None
-
-
-@dataclass
-class _Step:
-    """A step on its way through its plan: what the passes walked so far have left."""
-
-    ctx: StepContext
-    micros: list[_Micro]
-    plan: list[Pass]
-    scaler: torch.amp.GradScaler | None
-    verdict: Verdict
-    ascend: bool | None
-    at: int = 0  # the next pass of the plan
-    ready: int = 0  # passes the caller has run that the walk has not yet taken in (two-step API)
-    stopped: bool = False  # a finiteness check decided on the host to skip the step
-    free_grads: bool = True  # the perturbation frees the spent clean gradient
-    pending: list[torch.Tensor] = field(default_factory=list)  # reduced losses since the last check
-    clean_losses: list[torch.Tensor] = field(default_factory=list)  # one per clean check
-    norms: list[torch.Tensor] = field(default_factory=list)  # the clean gradient's norm at each check
-    befores: list[torch.Tensor] = field(default_factory=list)  # per-sample clean losses, pass by pass
-    afters: list[torch.Tensor] = field(default_factory=list)  # per-sample descent losses, pass by pass
-    carry: dict[Kind, list[torch.Tensor | None]] = field(default_factory=dict)  # gradients to add to
-    clean_grads: list[torch.Tensor | None] | None = None
-    saved: dict[nn.Parameter, torch.Tensor] | None = None
-    loss: torch.Tensor | None = None  # a loss the caller's closure returned (two-step API)
-    watch: _Watch | None = None
-
-    @property
-    def parts(self) -> bool:
-        return any(p.part is not None for p in self.plan)
-
-
-@dataclass
-class _Watch:
-    """What the two-step API watches between ``first_step`` and ``second_step``: BatchNorm statistics
-    frozen for the caller's second pass, and hooks that see its backward."""
-
-    frozen: contextlib.ExitStack
-    hooks: list[Any] = field(default_factory=list)
-    replaced: set[int] = field(default_factory=set)  # parameters whose clean gradient a new one replaced
-    backward: bool = False  # a backward ran since first_step
-    probe: tuple[nn.Parameter, torch.Tensor] | None = None  # one descent gradient as the backward left it
-
-    def close(self) -> None:
-        for hook in self.hooks:
-            hook.remove()
-        self.frozen.close()
-
-
-@dataclass
-class _Shared:
-    """The engine's mutable bookkeeping, held in one object: framework wrappers such as Lightning's
-    ``LightningOptimizer`` copy the optimizer's attributes, and counters kept as plain attributes would
-    then fork between the copy and the original (``set_epoch`` through the wrapper would not reach the
-    engine). Every attribute here is shared by all such copies."""
-
-    step_count: int = 0
-    epoch: int = 0
-    backup: dict[nn.Parameter, torch.Tensor] = field(default_factory=dict)
-    pending: _Step | None = None
-    left: list[tuple[int, int] | None] = field(default_factory=list)  # the .grad the last step left
-
-
-def _grad_marks(params: list[nn.Parameter]) -> list[tuple[int, int] | None]:
-    """Identity and version of each ``.grad`` (a backward that accumulates in place bumps the version)."""
-    return [None if p.grad is None else (id(p.grad), p.grad._version) for p in params]
-
-
-_WHERE = {
-    (Kind.SCORE, False): "the scoring pass",
-    (Kind.CLEAN, False): "the clean pass",
-    (Kind.CLEAN, True): "a clean pass",
-    (Kind.REFINE, False): "the perturbed scoring pass",
-    (Kind.DESCENT, False): "the descent pass",
-    (Kind.DESCENT, True): "a descent pass",
-}
-
-
-class SharpnessAware(torch.optim.Optimizer):
+class SharpnessAware(TwoStepAPI, PlanWalker, torch.optim.Optimizer):
     """A sharpness-aware optimizer assembled from four choices around a base optimizer.
 
     ``schedule`` (does this step ascend?), ``selection`` (which rows enter each pass), ``perturbation``
@@ -228,7 +122,7 @@ class SharpnessAware(torch.optim.Optimizer):
             raise ValueError(f"rho must be >= 0 and finite, got {rho!r}")
         if max_grad_norm is not None and not (math.isfinite(max_grad_norm) and max_grad_norm > 0):
             raise ValueError(f"max_grad_norm must be > 0 and finite, or None, got {max_grad_norm}")
-        self._shared = _Shared()
+        self._shared = Shared()
         self._init_base(params, base_optimizer, rho, base_kwargs)
         self.schedule = schedule or Always()
         self.selection = selection or AllRows()
@@ -367,7 +261,7 @@ class SharpnessAware(torch.optim.Optimizer):
         return ctx
 
     def _warn_if_grads_present(self) -> None:
-        marks = _grad_marks(self.params)
+        marks = grad_marks(self.params)
         if any(m is not None for m in marks) and marks != self._shared.left:
             warnings.warn(
                 "step(closure(rows)) found gradients in .grad from a backward() since the last step; they "
@@ -425,134 +319,6 @@ class SharpnessAware(torch.optim.Optimizer):
         if self._backup:
             torch._foreach_copy_([p.detach() for p in self._backup], list(self._backup.values()))
         self._backup.clear()
-
-    # -- the walk -----------------------------------------------------------------------------------
-    def _walk(self, step: _Step) -> bool:
-        """Walk ``step``'s plan from where it stands to its end, or to a pass the caller has yet to run
-        (two-step API). Each pass is one forward (and backward), or one control pass; a pass marked
-        ``check`` is followed by the finiteness check. False when a check stopped the step."""
-        while step.at < len(step.plan):
-            p = step.plan[step.at]
-            if p.external and not step.ready:
-                return True
-            step.at += 1
-            if p.external:
-                step.ready -= 1
-                step.micros[p.micro].counter.add(step.ctx.batch_size, True)
-            elif p.kind in FORWARD:
-                self._forward(step, p)
-            else:
-                self._control(step, p)
-            if p.check and self._stops(step, p):
-                step.stopped = True
-                return False
-        return True
-
-    def _forward(self, step: _Step, p: Pass) -> None:
-        """One forward (and backward) of a pass over its rows. Only the first forward of a micro-batch
-        updates BatchNorm statistics; a backward that does not sync runs in DDP's ``no_sync``; one that
-        accumulates starts from the gradient the previous pass of its kind left."""
-        micro = step.micros[p.micro]
-        rows, weights = self._rows(step, p)
-        backward = p.kind in BACKWARD
-        with contextlib.ExitStack() as stack:
-            if micro.counter.forward_passes:
-                stack.enter_context(running_stats_frozen(self.model))
-            if backward and not p.sync:
-                stack.enter_context(self._no_sync())
-            if p.kind is Kind.CLEAN and step.ascend:
-                stack.enter_context(self.perturbation.clean_pass(step.ctx, self.params))
-            if backward:  # the last pass's gradients go before this forward, not after: a lower peak
-                self.zero_grad(set_to_none=True)
-            stack.enter_context(torch.set_grad_enabled(backward))
-            whole = rows is None or every_row(rows, micro.ctx.batch_size)
-            losses = check_losses(micro.closure(slice(None) if whole else rows), rows)  # type: ignore[misc]
-            loss = reduce(losses, weights)
-            share = self._share(step, p)
-            if share is not None:
-                loss = loss * share
-            if backward:
-                carried = step.carry.pop(p.kind) if p.accumulate else ()
-                for param, g in zip(self.params, carried, strict=False):
-                    param.grad = g
-                (step.scaler.scale(loss) if step.scaler is not None else loss).backward()
-        if rows is None:
-            micro.ctx.batch_size = len(losses)
-        micro.counter.add(len(losses), backward)
-        self._took(step, p, micro, losses.detach(), loss.detach())
-
-    def _took(self, step: _Step, p: Pass, micro: _Micro, losses: torch.Tensor, loss: torch.Tensor) -> None:
-        """Keep what a forward pass leaves for the rest of the step."""
-        step.pending.append(loss if p.kind in BACKWARD else losses.sum())
-        if p.kind is Kind.SCORE:
-            micro.rows = self.selection.plan(micro.ctx, losses)
-        elif p.kind is Kind.CLEAN:
-            step.befores.append(losses)
-            if micro.rows is None:  # the batch size was read from this pass
-                micro.rows = self.selection.plan(micro.ctx, None)
-        elif p.kind is Kind.REFINE:
-            micro.rows = self.selection.refine(micro.ctx, micro.rows, step.befores[p.micro], losses)
-        else:
-            step.afters.append(losses)
-        later = step.plan[step.at :]
-        if any(q.kind is p.kind and q.accumulate for q in later):
-            step.carry[p.kind] = self._grads()
-
-    def _control(self, step: _Step, p: Pass) -> None:
-        """A pass that runs no forward: the late decision, the perturbation, the restore."""
-        if p.kind is Kind.DECIDE:
-            step.ascend = bool(self.schedule.decide_after(step.ctx, step.norms[-1].square()))
-            if not step.ascend:
-                del step.plan[step.at :]
-        elif p.kind is Kind.PERTURB:
-            if self.keeps_clean_grads and step.clean_grads is None:
-                scale = step.ctx.grad_scale
-                step.clean_grads = [None if g is None else g.detach() / scale for g in self._grads()]
-            self._perturb(step.ctx, free_grads=step.free_grads)
-        else:
-            step.saved = dict(self._backup)
-            self.restore()
-
-    def _stops(self, step: _Step, p: Pass) -> bool:
-        """The finiteness check after ``p`` over the losses since the last check (and, after a backward,
-        the gradient); True when the step must stop now (a flag read on the host)."""
-        losses, step.pending = step.pending, []
-        if p.kind in BACKWARD:
-            amp.read_scale(step.ctx, step.scaler)
-            norm = self._grad_norm(step.ctx)
-        else:
-            norm = torch.zeros((), device=losses[0].device)
-        loss = norm if p.external else losses[0] if len(losses) == 1 else torch.stack(losses).sum()
-        if p.kind is Kind.CLEAN:
-            step.norms.append(norm)
-            if not p.external:
-                step.clean_losses.append(loss)
-        where = _WHERE[p.kind, p.part is not None]
-        return self.check_finite and step.verdict.check(loss, norm, f"non-finite loss or gradient in {where}")
-
-    def _rows(self, step: _Step, p: Pass) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """The batch positions of a forward pass and their loss weights (``None``: the whole batch, of a
-        size still unknown)."""
-        micro = step.micros[p.micro]
-        if p.kind is Kind.SCORE or micro.rows is None:
-            b = micro.ctx.batch_size
-            return (None if b is None else all_rows(b)), None
-        rows = micro.rows
-        if p.part is not None:
-            return _part_rows(rows.parts, p)  # type: ignore[arg-type]
-        if p.kind is Kind.CLEAN:
-            train_only = step.ascend is False
-            return (rows.descent, rows.descent_weights) if train_only else (rows.ascent, rows.ascent_weights)
-        if p.kind is Kind.REFINE:
-            return rows.ascent, None
-        return rows.descent, rows.descent_weights
-
-    def _share(self, step: _Step, p: Pass) -> float | None:
-        """A micro-batch's part of the mean loss over the rows of every micro-batch of its pass."""
-        if len(step.micros) == 1 or p.kind not in BACKWARD:
-            return None
-        sizes = [len(self._rows(step, replace(p, micro=i))[0]) for i in range(len(step.micros))]  # type: ignore[arg-type]
-        return sizes[p.micro] / sum(sizes)
 
     # -- the step -----------------------------------------------------------------------------------
     def step(  # type: ignore[override]
@@ -622,7 +388,7 @@ class SharpnessAware(torch.optim.Optimizer):
             return self._update(step)
         finally:
             self.restore()
-            self._shared.left = _grad_marks(self.params)
+            self._shared.left = grad_marks(self.params)
 
     def _refuse_wrapped_call(self) -> None:
         """``closure(rows)`` reached through a wrapper that would drop or mis-scale passes: a
@@ -635,8 +401,7 @@ class SharpnessAware(torch.optim.Optimizer):
                 "opt.step(closure, index=index, scaler=scaler) instead (with Accelerate: opt = "
                 "flatsam.integrations.accelerate.prepare(accelerator, opt))"
             )
-        caller = sys._getframe(2)
-        if caller.f_globals.get("__name__") == "accelerate.optimizer":
+        if _caller_module() == "accelerate.optimizer":
             raise RuntimeError(
                 "a flatsam optimizer stepped through accelerator.prepare()'s AcceleratedOptimizer, which "
                 "runs step() only on the last micro-batch of each accumulation cycle (the others would be "
@@ -646,7 +411,7 @@ class SharpnessAware(torch.optim.Optimizer):
 
     def _begin(
         self, closures: list[Closure], index: Any, batch_size: Any, scaler: torch.amp.GradScaler | None
-    ) -> _Step:
+    ) -> Step:
         """A new step: its micro-batches, their rows (when known before any pass), the schedule's
         decision and the plan."""
         ctx, micros = self._micro_batches(closures, index, batch_size)
@@ -673,11 +438,11 @@ class SharpnessAware(torch.optim.Optimizer):
                 "clean pass and no component that keeps the clean gradient"
             )
         passes = self.plan(ascend, micros=len(micros), parts=parts)
-        return _Step(ctx, micros, passes, scaler, self._verdict(ascend, scaler), ascend)
+        return Step(ctx, micros, passes, scaler, self._verdict(ascend, scaler), ascend)
 
     def _micro_batches(
         self, closures: list[Closure], index: Any, batch_size: Any
-    ) -> tuple[StepContext, list[_Micro]]:
+    ) -> tuple[StepContext, list[Micro]]:
         """The step's context and its micro-batches (one with the step's own context when k = 1)."""
         indices = per_micro_batch(index, len(closures), "index")
         sizes = per_micro_batch(batch_size, len(closures), "batch_size")
@@ -701,16 +466,16 @@ class SharpnessAware(torch.optim.Optimizer):
             )
         if len(closures) == 1:
             ctx = self._context(sizes[0], indices[0])
-            return ctx, [_Micro(closures[0], ctx)]
+            return ctx, [Micro(closures[0], ctx)]
         joined = None if any(i is None for i in indices) else torch.cat(indices)
         ctx = self._context(sum(sizes), joined)
         micros = [
-            _Micro(c, replace(ctx, batch_size=b, index=i))
+            Micro(c, replace(ctx, batch_size=b, index=i))
             for c, b, i in zip(closures, sizes, indices, strict=True)
         ]
         return ctx, micros
 
-    def _outcome(self, step: _Step) -> Outcome:
+    def _outcome(self, step: Step) -> Outcome:
         """What the walked step leaves for the components: its rows, losses and clean gradient."""
         ascend = bool(step.ascend)
         starts = [0]
@@ -735,7 +500,7 @@ class SharpnessAware(torch.optim.Optimizer):
             clean_grads=step.clean_grads,
         )
 
-    def _step_loss(self, step: _Step) -> torch.Tensor | None:
+    def _step_loss(self, step: Step) -> torch.Tensor | None:
         """The step's clean loss: the mean over the clean rows (over every part, weighted by its rows)."""
         if step.loss is not None or not step.clean_losses:
             return step.loss
@@ -746,7 +511,7 @@ class SharpnessAware(torch.optim.Optimizer):
         sizes = torch.tensor([len(q.ascent) for q in parts], dtype=losses.dtype, device=losses.device)  # type: ignore[union-attr]
         return (losses * sizes).sum() / sizes.sum()
 
-    def _update(self, step: _Step) -> StepInfo:
+    def _update(self, step: Step) -> StepInfo:
         """Unscale, reuse (steps without ascent) or correct the descent gradient (ascent steps), clip, let
         the components record, step the base. With a deferred verdict the components record under
         ``outcome.found_inf`` and the base optimizer's step is masked by it (``masked_step``, reusing the
@@ -776,7 +541,7 @@ class SharpnessAware(torch.optim.Optimizer):
         ascent_rows = len(outcome.ascent_rows) if outcome.ascent else 0
         return self._info(step, outcome.ascent, ascent_rows, len(outcome.descent_rows))
 
-    def _skip(self, step: _Step) -> StepInfo:
+    def _skip(self, step: Step) -> StepInfo:
         """A step skipped on the host (its verdict holds the reason): weights back, no step, and the
         scale of a ``GradScaler`` backed off as after an overflow."""
         self.restore()
@@ -785,7 +550,7 @@ class SharpnessAware(torch.optim.Optimizer):
             amp.back_off(step.scaler)
         return self._info(step, False, 0, 0)
 
-    def _info(self, step: _Step, ascent: bool, ascent_rows: int, descent_rows: int) -> StepInfo:
+    def _info(self, step: Step, ascent: bool, ascent_rows: int, descent_rows: int) -> StepInfo:
         total = Counter.sum([m.counter for m in step.micros])
         return StepInfo(
             loss_tensor=self._step_loss(step),
@@ -800,213 +565,6 @@ class SharpnessAware(torch.optim.Optimizer):
             batch_size=step.ctx.batch_size or 0,
             verdict=step.verdict,
         )
-
-    # -- davda54/sam's APIs: the caller runs the forward/backward passes ---------------------------
-    def _check_caller_passes(self, api: str) -> None:
-        """Refuse components that need the engine to run the passes itself."""
-        if self.selection.selects_rows:
-            raise TypeError(
-                f"{api} cannot apply {type(self.selection).__name__}: it chooses the rows of each pass, "
-                "so the engine must run them. Use step(closure(rows), index=index) with a closure that "
-                "takes the batch positions and returns per-sample losses, e.g. lambda rows: "
-                "F.cross_entropy(model(x[rows]), y[rows], reduction='none')"
-            )
-        if self.perturbation.shapes_clean_pass:
-            raise TypeError(
-                f"{api} cannot apply {type(self.perturbation).__name__}: it changes which parameters get "
-                "a gradient in the clean pass. Use step(closure(rows), index=index)"
-            )
-
-    def _step_after_backward(
-        self, closure: Callable[[], Any], batch_size: int | None, scaler: torch.amp.GradScaler | None
-    ) -> StepInfo:
-        """davda54/sam's ``step(closure)``: first_step, the closure at w+ε, second_step. The step's loss
-        is the one the closure's first call returned."""
-        self._check_caller_passes("step(closure) with a zero-argument closure")
-        loss = None
-        if all(p.grad is None for p in self.params):  # nobody ran the clean pass: the closure runs it
-            with torch.enable_grad():
-                loss = detached(closure())
-        if self.first_step(zero_grad=True, scaler=scaler, batch_size=batch_size):
-            with torch.enable_grad():
-                after = detached(closure())
-            loss = after if loss is None else loss
-        step = self._shared.pending
-        assert step is not None
-        step.loss = loss
-        return self._second_step(scaler)
-
-    @torch.no_grad()
-    def first_step(
-        self,
-        zero_grad: bool = False,
-        scaler: torch.amp.GradScaler | None = None,
-        *,
-        batch_size: int | None = None,
-    ) -> bool:
-        """davda54/sam's first step, from the clean gradient the caller left in ``.grad``: perturb
-        w ← w + ε if this step ascends, and return whether it did.
-
-        The method's schedule decides (LookSAM, SS-SAM, ARSAM before, AE-SAM from the clean gradient's
-        norm). With ``model=`` BatchNorm running statistics stay frozen until ``second_step``, so the
-        caller's second pass leaves them as the clean pass set them. ``False`` means no perturbation: run
-        the second forward/backward or not, then call ``second_step``. Without it the clean gradient is
-        the step's; with ``zero_grad=True`` a second backward replaces it (the same weights: a loop that
-        always runs both passes, as pytorch_optimizer's LookSAM example does, works), with
-        ``zero_grad=False`` it would add to it and ``second_step`` refuses. ``False`` also when the clean
-        gradient is not finite: ``second_step`` then skips the step.
-
-        AMP: pass ``scaler`` (the ``GradScaler`` whose scaled loss the caller back-propagated): norms are
-        read unscaled (the direction needs no unscaling), and a ``scaler.unscale_(opt)`` the caller ran
-        before this call (to clip the clean gradient) is taken over, so that ``scaler.step(opt)``
-        unscales the descent gradient. Without ``scaler`` such an ``unscale_`` is refused at
-        ``second_step``. Selections that choose rows (AUSAM, K-SAM, …) and ESAM's stochastic weight
-        perturbation need ``step(closure(rows))`` and are refused. ``batch_size`` only feeds the counts
-        of the ``StepInfo``. Calling it twice without ``second_step`` is an error.
-        """
-        if self._shared.pending is not None:
-            raise RuntimeError(
-                "first_step() called twice: a step is pending (the weights may be perturbed); call "
-                "second_step() (or step() without a closure) before the next first_step()"
-            )
-        self._check_caller_passes("first_step()")
-        scaler = amp.enabled(scaler)
-        if scaler is not None and amp.take_unscaled(scaler, self):
-            scaler = None  # the clean gradient is unscaled already
-        ctx = self._context(batch_size or 0)
-        ascend = self.schedule.decide(ctx)
-        passes = self.plan(ascend, external=True)
-        micros = [_Micro(None, ctx)]
-        step = _Step(ctx, micros, passes, scaler, Verdict(), ascend, ready=1, free_grads=zero_grad)
-        self._shared.pending = step
-        if not self._walk(step):
-            return False
-        step.watch = self._watch(step, zero_grad)
-        return bool(step.ascend)
-
-    def _watch(self, step: _Step, zero_grad: bool) -> _Watch:
-        """Freeze BatchNorm statistics and hook the parameters until ``second_step``: a backward after an
-        ascent leaves a probe (to tell whether it was unscaled later), one after a step without ascent
-        replaces the clean gradient when ``zero_grad`` (else it is noted, to be refused)."""
-        watch = _Watch(contextlib.ExitStack())
-        watch.frozen.enter_context(running_stats_frozen(self.model))
-        trainable = [p for p in self.params if p.requires_grad]
-
-        def seen(p: nn.Parameter) -> None:
-            watch.backward = True
-            if step.ascend and watch.probe is None and p.grad is not None:
-                watch.probe = (p, p.grad.detach().clone())
-
-        def replace_clean(grad: torch.Tensor, p: nn.Parameter) -> torch.Tensor:
-            if id(p) not in watch.replaced:
-                watch.replaced.add(id(p))
-                p.grad = None
-            return grad
-
-        watch.hooks = [p.register_post_accumulate_grad_hook(seen) for p in trainable]
-        if not step.ascend and zero_grad:
-            watch.hooks += [p.register_hook(lambda g, p=p: replace_clean(g, p)) for p in trainable]
-        return watch
-
-    @torch.no_grad()
-    def second_step(self, zero_grad: bool = False, scaler: torch.amp.GradScaler | None = None) -> bool:
-        """davda54/sam's second step: restore the weights and step the base optimizer with the gradient
-        now in ``.grad`` (the caller's pass at w+ε, or the clean one when ``first_step`` returned False).
-
-        With ``scaler``: unscale once, step through it and update its scale; on an overflow (or a
-        non-finite gradient without a scaler) nothing is stepped, the weights are exactly those before
-        ``first_step`` and the scale backs off. Returns whether the base optimizer stepped.
-        """
-        info = self._second_step(amp.enabled(scaler))
-        if zero_grad:
-            self.zero_grad(set_to_none=True)
-        return not info.skipped
-
-    def _second_step(self, scaler: torch.amp.GradScaler | None) -> StepInfo:
-        step = self._shared.pending
-        if step is None:
-            raise RuntimeError(
-                "second_step() without first_step(): call first_step() after the first backward"
-            )
-        self._shared.pending = None
-        if step.watch is not None:
-            step.watch.close()
-        try:
-            return self._finish(step, scaler)
-        finally:
-            self.restore()
-            self._shared.left = _grad_marks(self.params)
-
-    @torch.no_grad()
-    def _finish(self, step: _Step, scaler: torch.amp.GradScaler | None) -> StepInfo:
-        """The rest of the two-step API's plan: the caller's second pass, the restore, the update."""
-        watch = step.watch
-        if watch is not None and watch.backward and not step.ascend:
-            self._second_pass_without_ascent(step, watch)
-        step.scaler = self._take_scaler_flags(step, scaler)
-        if step.stopped:
-            return self._skip(step)
-        step.ready = 1
-        if not self._walk(step):
-            return self._skip(step)
-        return self._update(step)
-
-    def _second_pass_without_ascent(self, step: _Step, watch: _Watch) -> None:
-        """A backward ran after ``first_step`` returned False: with ``zero_grad`` its gradient replaced the
-        clean one (a parameter it did not reach has none now), else it was added to it: refused."""
-        if not watch.replaced:
-            self.restore()
-            self.zero_grad(set_to_none=True)
-            raise RuntimeError(
-                "a backward() ran between first_step() and second_step() although first_step() returned "
-                "False (no ascent on this step, e.g. LookSAM/SS-SAM/AE-SAM): its gradient was added to "
-                "the step's clean gradient, so the step was dropped. Call first_step(zero_grad=True) to "
-                "let a second pass replace the clean gradient, or run it only when first_step() returns True"
-            )
-        for p in self.params:
-            if id(p) not in watch.replaced:
-                p.grad = None
-        step.micros[0].counter.add(step.ctx.batch_size, True)
-
-    def _take_scaler_flags(
-        self, step: _Step, scaler: torch.amp.GradScaler | None
-    ) -> torch.amp.GradScaler | None:
-        """``GradScaler.step(opt)`` hands its scale and its inf check (see ``_step_supports_amp_scaling``):
-        unscale by hand, or stop on its overflow; ``GradScaler.update()`` then backs off by itself, so
-        the update takes no scaler. Otherwise the scaler given to ``second_step``."""
-        found_inf = getattr(self, "found_inf", None)
-        if found_inf is None:
-            return scaler
-        grad_scale = getattr(self, "grad_scale", None)  # None when the caller already unscaled
-        if grad_scale is None and step.ascend and step.watch is not None:
-            self._refuse_unscaled_clean_pass(step.watch)
-        if not step.stopped and not bool(found_inf):
-            if grad_scale is not None:
-                inverse = grad_scale.double().reciprocal().float()
-                for g in self._grads():
-                    if g is not None:
-                        g.mul_(inverse.to(g))
-            step.ctx.grad_scale = 1.0
-        elif not step.stopped:
-            step.verdict = Verdict(reason="non-finite gradient in the descent pass")
-            step.stopped = True
-        return None
-
-    def _refuse_unscaled_clean_pass(self, watch: _Watch) -> None:
-        """``scaler.step(opt)`` says the gradient is unscaled, but the descent gradient is as its backward
-        left it: the ``unscale_`` ran on the clean gradient, before ``first_step``."""
-        if watch.probe is None:
-            return
-        param, probe = watch.probe
-        if param.grad is not None and bool(probe.any()) and torch.equal(param.grad, probe):
-            self.restore()
-            self.zero_grad(set_to_none=True)
-            raise RuntimeError(
-                "scaler.unscale_(opt) ran before first_step(), so the descent gradient reached "
-                "scaler.step(opt) still scaled and the step was dropped. Pass scaler=scaler to "
-                "first_step() (flatsam then takes that unscale_ over), or call scaler.unscale_(opt) after "
-                "the second backward"
-            )
 
     # -- checkpoints --------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -1057,6 +615,18 @@ class SharpnessAware(torch.optim.Optimizer):
         return f"{type(self).__name__}(\n  base={type(self.base).__name__}, rho={self.rho},\n  {parts}\n)"
 
 
+def _caller_module() -> str:
+    """The module that called ``SharpnessAware.step``, past torch's own wrappers of ``Optimizer.step``
+    (its profiling and hook wrapper)."""
+    frame = sys._getframe(3)  # _caller_module ← _refuse_wrapped_call ← step ← the caller
+    for _ in range(4):
+        name = frame.f_globals.get("__name__", "")
+        if not name.startswith("torch.") or frame.f_back is None:
+            return name
+        frame = frame.f_back
+    return name
+
+
 def _refuse_foreign_keywords(base: type[torch.optim.Optimizer], kwargs: dict[str, Any]) -> None:
     """Another SAM library's keyword that ``base`` does not take: a ``TypeError`` naming flatsam's way."""
     try:
@@ -1069,17 +639,6 @@ def _refuse_foreign_keywords(base: type[torch.optim.Optimizer], kwargs: dict[str
                 f"{key}= is not a flatsam option, and {base.__name__} takes no such keyword: "
                 f"{FOREIGN_KEYWORDS[key]}"
             )
-
-
-def _part_rows(parts: list[RowPlan], p: Pass) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """An m-sharpness part's rows: its clean rows, or its descent rows weighted by its share of the
-    batch (each part's descent gradient at its own w+ε is accumulated with weight rows/B)."""
-    part = parts[p.part]  # type: ignore[index]
-    if p.kind is Kind.CLEAN:
-        return part.ascent, part.ascent_weights
-    total = sum(len(q.descent) for q in parts)
-    share = torch.full((len(part.descent),), len(part.descent) / total, dtype=torch.float64)
-    return part.descent, share if part.descent_weights is None else share * part.descent_weights.to(share)
 
 
 def _every(batch_size: int) -> RowPlan:

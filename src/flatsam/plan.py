@@ -63,10 +63,12 @@ class Pass:
 
 
 def _over(kind: Kind, micros: int, *, sync: bool, check: bool) -> list[Pass]:
-    """``kind`` on each micro-batch in turn: later ones accumulate, only the last syncs and checks."""
+    """``kind`` on each micro-batch in turn: later backward passes accumulate, only the last syncs and
+    checks (the losses of them all)."""
     last = micros - 1
+    accumulates = kind in BACKWARD
     return [
-        Pass(kind, i, sync=sync and i == last, accumulate=i > 0, check=check and i == last)
+        Pass(kind, i, sync=sync and i == last, accumulate=accumulates and i > 0, check=check and i == last)
         for i in range(micros)
     ]
 
@@ -104,7 +106,7 @@ def build(
     """
     if parts and ascend is not False:
         return _parts(parts)
-    plan = [Pass(Kind.SCORE, i, sync=False) for i in range(micros)] if selection.needs_scores else []
+    plan = _over(Kind.SCORE, micros, sync=False, check=True) if selection.needs_scores else []
     sync_clean = ascend is not True or keeps_clean_grads
     plan += _over(Kind.CLEAN, micros, sync=sync_clean, check=True)
     if ascend is False:
@@ -113,7 +115,7 @@ def build(
         plan.append(Pass(Kind.DECIDE))
     plan.append(Pass(Kind.PERTURB))
     if selection.needs_perturbed_scores:
-        plan += [Pass(Kind.REFINE, i, sync=False) for i in range(micros)]
+        plan += _over(Kind.REFINE, micros, sync=False, check=True)
     plan += _over(Kind.DESCENT, micros, sync=True, check=True)
     plan.append(Pass(Kind.RESTORE))
     return _externalised(plan) if external else plan

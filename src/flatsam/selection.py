@@ -233,10 +233,27 @@ class ADLPSampler(Selection):
         self.epoch = 0
         self.warmup_seen = 0  # rows recorded during the warm-up, to catch a loop without set_epoch
         self._index: torch.Tensor | None = None  # the current step's indices on the history's device
+        self._fresh = True  # no step planned, no epoch set, no state loaded yet
 
     # -- the standalone API -------------------------------------------------------------------------
     def set_epoch(self, epoch: int) -> None:
+        """Epochs count from 0: the warm-up is epochs 0 … warmup_epochs − 1. A fresh sampler whose first
+        epoch is not 0 (a 1-based loop) would skip it, so that warns."""
+        if self._fresh and epoch != 0 and self.warmup_epochs > 0:
+            warnings.warn(
+                f"AUSAM's first set_epoch is {epoch}, not 0: epochs count from 0, and its "
+                f"{self.warmup_epochs}-epoch warm-up (epochs 0 to {self.warmup_epochs - 1}), which "
+                "fills the per-sample history, is skipped. Call set_epoch(epoch) with 0-based epochs "
+                "(set_epoch(e - 1) in a loop that counts from 1)",
+                UserWarning,
+                stacklevel=3,
+            )
+        self._fresh = False
         self.epoch = epoch
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self._fresh = False
 
     @property
     def adlp(self) -> torch.Tensor:
@@ -357,6 +374,7 @@ class ADLPSampler(Selection):
 
     # -- the engine protocol ------------------------------------------------------------------------
     def plan(self, ctx: StepContext, scores: torch.Tensor | None = None) -> RowPlan:
+        self._fresh = False
         # the batch's indices are checked and moved to the history's device once per step, for plan and record
         self._index = None if ctx.index is None else self._checked(ctx.index)
         rows, probs = self._draw(self._index, ctx.epoch, ctx.batch_size)

@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from flatsam.closures import INDEX_HOWTO
 from flatsam.engine import SharpnessAware
 from flatsam.integrations import require
 
@@ -113,7 +114,27 @@ class SharpnessAwareTrainer(Trainer):
         engine = self.optimizer
         if engine.max_grad_norm is None and self.args.max_grad_norm and self.args.max_grad_norm > 0:
             engine.max_grad_norm = float(self.args.max_grad_norm)
+        self._check_index_column(engine)
         return engine
+
+    def _check_index_column(self, engine: SharpnessAware) -> None:
+        """Before training starts: a method with a per-sample history needs the dataset's ``index``
+        column (read from ``column_names``, or from the keys of the first row)."""
+        if not engine.selection.needs_index or self.train_dataset is None:
+            return
+        columns = getattr(self.train_dataset, "column_names", None)
+        if columns is None:
+            try:
+                first = self.train_dataset[0]  # type: ignore[index]
+            except (TypeError, IndexError, KeyError, NotImplementedError):
+                return  # an iterable dataset: the first step says it
+            columns = list(first) if isinstance(first, dict) else None
+        if columns is not None and INDEX not in columns:
+            raise ValueError(
+                f"{type(engine.selection).__name__} keeps a per-sample history, so every row needs its "
+                f"dataset index, but the training dataset has no '{INDEX}' column (it has "
+                f"{', '.join(map(str, columns))}): {INDEX_HOWTO}"
+            )
 
     def _num_samples(self) -> int | None:
         dataset = self.train_dataset

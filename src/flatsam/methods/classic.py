@@ -32,6 +32,9 @@ class SGD(SharpnessAware):
 class SAM(SharpnessAware):
     """SAM (Foret et al., ICLR 2021): ε = ρ g/‖g‖ from the whole batch, descent gradient at w+ε.
 
+    Called as davda54/sam's ``SAM(params, base_optimizer, rho, adaptive, **base_kwargs)``: ρ and
+    ``adaptive`` may be positional.
+
     ρ = 0.05 is the paper's CIFAR-10 default (0.1 is common on CIFAR-100). ``adaptive=True`` is
     davda54/sam's element-wise adaptive rule, ε = ρ·w²g/(‖|w|g‖ + 1e-12) on every parameter, biases
     included (github.com/davda54/sam ``sam.py``; its README suggests a ρ about 10× larger, its example
@@ -42,9 +45,9 @@ class SAM(SharpnessAware):
         self,
         params: Any,
         base_optimizer: BaseOptimizer = torch.optim.SGD,
-        *,
         rho: float = 0.05,
         adaptive: bool = False,
+        *,
         model: nn.Module | None = None,
         **kwargs: Any,
     ) -> None:
@@ -70,8 +73,8 @@ class ASAM(SharpnessAware):
         self,
         params: Any,
         base_optimizer: BaseOptimizer = torch.optim.SGD,
-        *,
         rho: float = 0.5,
+        *,
         eta: float = 0.01,
         scope: Literal["weights", "all"] = "weights",
         model: nn.Module | None = None,
