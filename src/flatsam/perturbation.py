@@ -167,6 +167,7 @@ class StochasticWeightPerturbation(SAMPerturbation):
 
     state_fields = ("excluded",)
     shapes_clean_pass = True
+    skip_on_device = False  # record draws the next step's exclusions
 
     def __init__(self, beta: float = 0.6, eps: float = 1e-7, seed: int | None = None) -> None:
         super().__init__(eps=eps)
@@ -218,6 +219,8 @@ class NoisySAMPerturbation(SAMPerturbation):
     generator (on ``device``: give the parameters' device to draw there), split over the parameters with
     a gradient in parameter order.
     """
+
+    skip_on_device = False  # the noise is drawn after the clean pass
 
     def __init__(
         self,
