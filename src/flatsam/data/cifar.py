@@ -22,7 +22,6 @@ import codecs
 import io
 import os
 import pickle
-import sys
 import tarfile
 import zlib
 from dataclasses import dataclass
@@ -32,8 +31,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from flatsam.data._io import DataFileError, format_searched, search_roots, user_cache_dir
-from flatsam.data.download import DownloadError, Remote, download_target, fetch_remote, human_size
+from flatsam.data._io import DataFileError, format_searched, search_roots
+from flatsam.data.download import Remote, fetch_dataset_file
 from flatsam.data.images import ImageData
 
 
@@ -208,17 +207,7 @@ def download_cifar(
 ) -> Path:
     """Fetch the official tarball of ``spec`` into ``root`` (else ``$FLATSAM_DATA``, else the user cache),
     MD5-checked, and return its path. A failed transfer names the URL and what to do instead."""
-    remote = REMOTES[spec.name]
-    target = download_target(root, user_cache_dir())
-    if remote.size is not None and progress:
-        print(f"flatsam: downloading {spec.name} ({human_size(remote.size)}) into {target}", file=sys.stderr)
-    try:
-        return fetch_remote(remote, target, mirror=mirror, progress=progress)
-    except DownloadError as e:
-        raise DownloadError(
-            f"{e}; put {remote.filename} into {target} by hand, or name a mirror with --data-url or "
-            "FLATSAM_MIRROR"
-        ) from e
+    return fetch_dataset_file(REMOTES[spec.name], root, spec.name, mirror=mirror, progress=progress)
 
 
 def _source_at(spec: CifarSpec, base: Path, tried: list[Path]) -> _Source | None:

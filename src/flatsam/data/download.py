@@ -14,6 +14,7 @@ import hashlib
 import http.client
 import os
 import shutil
+import sys
 import tarfile
 import tempfile
 import urllib.error
@@ -26,7 +27,7 @@ from typing import BinaryIO
 
 from tqdm.auto import tqdm
 
-from flatsam.data._io import _CHUNK, ChecksumError, DataFileError, sha256_of
+from flatsam.data._io import _CHUNK, ChecksumError, DataFileError, sha256_of, user_cache_dir
 
 __all__ = [
     "MIRROR_ENV",
@@ -36,6 +37,7 @@ __all__ = [
     "download_target",
     "extract_archive",
     "fetch",
+    "fetch_dataset_file",
     "fetch_remote",
     "human_size",
     "mirror_base",
@@ -115,6 +117,29 @@ def fetch_remote(
     return fetch(
         url, Path(folder) / remote.filename, remote.sha256, md5=remote.md5, progress=progress, timeout=timeout
     )
+
+
+def fetch_dataset_file(
+    remote: Remote,
+    root: str | os.PathLike[str] | None,
+    name: str,
+    *,
+    mirror: str | os.PathLike[str] | None = None,
+    progress: bool = True,
+    timeout: float = 60.0,
+) -> Path:
+    """Fetch a dataset's ``remote`` file into ``root`` (else ``$FLATSAM_DATA``, else the user cache), saying
+    its size first (when known and ``progress``); a failed transfer's error also says what to do instead."""
+    target = download_target(root, user_cache_dir())
+    if progress and remote.size is not None:
+        print(f"flatsam: downloading {name} ({human_size(remote.size)}) into {target}", file=sys.stderr)
+    try:
+        return fetch_remote(remote, target, mirror=mirror, progress=progress, timeout=timeout)
+    except DownloadError as e:
+        raise DownloadError(
+            f"{e}; put {remote.filename} into {target} by hand, or name a mirror with --data-url or "
+            f"{MIRROR_ENV}"
+        ) from e
 
 
 def fetch(

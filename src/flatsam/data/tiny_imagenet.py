@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import sys
 import tempfile
 import warnings
 import zipfile
@@ -38,14 +37,7 @@ import torch
 from tqdm.auto import tqdm
 
 from flatsam.data._io import DataFileError, format_searched, search_roots, user_cache_dir
-from flatsam.data.download import (
-    DownloadError,
-    Remote,
-    download_target,
-    extract_archive,
-    fetch_remote,
-    human_size,
-)
+from flatsam.data.download import Remote, extract_archive, fetch_dataset_file
 from flatsam.data.images import ImageData
 
 FOLDER = "tiny-imagenet-200"
@@ -143,18 +135,7 @@ def _unpack_or_download(root: PathLike, download: bool, mirror: PathLike, progre
 def download_tiny_imagenet(root: PathLike = None, *, mirror: PathLike = None, progress: bool = True) -> Path:
     """Fetch the official zip into ``root`` (else ``$FLATSAM_DATA``, else the user cache), MD5-checked;
     return its path."""
-    target = download_target(root, user_cache_dir())
-    if progress and REMOTE.size is not None:
-        print(
-            f"flatsam: downloading tiny-imagenet ({human_size(REMOTE.size)}) into {target}", file=sys.stderr
-        )
-    try:
-        return fetch_remote(REMOTE, target, mirror=mirror, progress=progress)
-    except DownloadError as e:
-        raise DownloadError(
-            f"{e}; put {REMOTE.filename} into {target} by hand, or name a mirror with --data-url or "
-            "FLATSAM_MIRROR"
-        ) from e
+    return fetch_dataset_file(REMOTE, root, "tiny-imagenet", mirror=mirror, progress=progress)
 
 
 def _read_wnids(path: Path) -> list[str]:

@@ -17,7 +17,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from flatsam.data.download import DownloadError, Remote, extract_archive, fetch_remote
+from flatsam.data.download import Remote, extract_archive, fetch_dataset_file
 
 ANNOTATIONS = Remote("https://download.openmmlab.com/mmpose/datasets/mpii_annotations.tar")
 IMAGES = Remote("https://datasets.d2.mpi-inf.mpg.de/andriluka14cvpr/mpii_human_pose_v1.tar.gz")
@@ -29,23 +29,13 @@ ANNOTATION_FILES = ("mpii_train.json", "mpii_val.json", "mpii_gt_val.mat")
 PathLike = str | os.PathLike[str]
 
 
-def _retry_hint(error: DownloadError, remote: Remote, folder: Path) -> DownloadError:
-    return DownloadError(
-        f"{error}; put {remote.filename} into {folder} by hand, or name a mirror with --data-url or "
-        "FLATSAM_MIRROR"
-    )
-
-
 def download_annotations(
     data_dir: PathLike, *, mirror: PathLike | None = None, progress: bool = True
 ) -> list[Path]:
     """Fetch the annotation archive into ``data_dir`` and unpack the files the reader expects into
     ``data_dir/annot/`` (each atomically); return their paths. The archive is deleted afterwards."""
     root = Path(data_dir).expanduser()
-    try:
-        archive = fetch_remote(ANNOTATIONS, root, mirror=mirror, progress=progress)
-    except DownloadError as e:
-        raise _retry_hint(e, ANNOTATIONS, root) from e
+    archive = fetch_dataset_file(ANNOTATIONS, root, "MPII annotations", mirror=mirror, progress=progress)
     staging = root / ".mpii-annotations.part"
     try:
         extract_archive(archive, staging, lambda path: path.name in ANNOTATION_FILES, progress=progress)
@@ -73,10 +63,7 @@ def download_images(data_dir: PathLike, *, mirror: PathLike | None = None, progr
         "needs about as much again",
         file=sys.stderr,
     )
-    try:
-        archive = fetch_remote(IMAGES, root, mirror=mirror, progress=progress, timeout=120.0)
-    except DownloadError as e:
-        raise _retry_hint(e, IMAGES, root) from e
+    archive = fetch_dataset_file(IMAGES, root, "MPII images", mirror=mirror, progress=progress, timeout=120.0)
     extract_archive(archive, root, lambda path: path.parts[0] == "images", progress=progress)
     archive.unlink()
     return root / "images"
