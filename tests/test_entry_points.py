@@ -240,3 +240,20 @@ def test_a_subclass_keeps_skip_on_device_unless_it_draws_after_the_clean_pass():
     assert Mine.skips_on_device() and SAMPerturbation.skips_on_device()
     assert not NoisySAMPerturbation.skips_on_device()  # draws its noise at the perturbation
     assert not StochasticWeightPerturbation.skips_on_device()  # draws in record
+
+
+@pytest.mark.parametrize(("key", "value"), [("rho", -1.0), ("lr", float("inf")), ("lr", float("nan"))])
+def test_a_param_group_value_written_between_steps_is_checked_at_the_next_step(key, value):
+    x, y = toy_data()
+    idx = torch.arange(8)
+    model = tiny_mlp()
+    opt = flatsam.SAM(model.parameters(), torch.optim.SGD, 0.05, **KW)
+    opt.step(closure_for(model, x, y, idx), index=idx)
+    opt.param_groups[0][key] = value
+    before = copy.deepcopy(model.state_dict())
+    with pytest.raises(ValueError, match=rf"param_groups\[0\]\['{key}'\] is .*finite number >= 0"):
+        opt.step(closure_for(model, x, y, idx), index=idx)
+    F.cross_entropy(model(x[idx]), y[idx]).backward()
+    with pytest.raises(ValueError, match=key):
+        opt.first_step()
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())

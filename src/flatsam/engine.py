@@ -34,6 +34,7 @@ from flatsam.selection import AllRows, RowPlan, Selection, all_rows
 from flatsam.skipping import Verdict, clones, masked_step
 from flatsam.stepinfo import Counter, StepInfo
 from flatsam.two_step import TwoStepAPI
+from flatsam.validate import check_param_groups
 from flatsam.walk import Micro, PlanWalker, Shared, Step, grad_marks, running_stats_frozen
 
 __all__ = ["SharpnessAware", "StepInfo", "running_stats_frozen"]
@@ -253,7 +254,9 @@ class SharpnessAware(TwoStepAPI, PlanWalker, torch.optim.Optimizer):
         return total_norm([g for g in self._grads() if g is not None]) / ctx.grad_scale
 
     def _context(self, batch_size: int | None, index: torch.Tensor | None = None) -> StepContext:
-        """The context of a new step; counts it."""
+        """The context of a new step (its ``param_groups`` checked: ``lr`` and ``rho`` finite, >= 0);
+        counts it."""
+        check_param_groups(self.param_groups)
         ctx = StepContext(
             step=self.step_count, epoch=self.epoch, batch_size=batch_size, index=index, rho=self.rho
         )  # type: ignore[arg-type]

@@ -58,7 +58,10 @@ def check_param_groups(param_groups: Iterable[Mapping[str, Any]]) -> None:
             if key not in group:
                 continue
             value = group[key]
-            value = value.item() if isinstance(value, torch.Tensor) and value.numel() == 1 else value
+            if isinstance(value, torch.Tensor):
+                if value.device.type != "cpu" or value.numel() != 1:
+                    continue  # reading an accelerator's tensor would wait for the device
+                value = value.item()
             if not _real(value) or not math.isfinite(value) or value < 0:
                 raise ValueError(
                     f"param_groups[{number}][{key!r}] is {value!r}; it must be a finite number >= 0 "
