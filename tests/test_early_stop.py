@@ -197,3 +197,16 @@ def test_runs_without_a_split_report_a_dash(tmp_path):
         fabricate(tmp_path / "runs", "sam", seed, 0.86, None, 20.0)
     text = write_report(find_runs([tmp_path / "runs"]), tmp_path / "out")["md"].read_text()
     assert "| sgd | 2 | 80.00 ± 0.00 | – |" in text and "decide" not in text
+
+
+def test_an_interrupted_run_with_a_split_resumes_to_the_same_early_stopped_result(tmp_path):
+    from flatsam.train import Interrupted
+
+    whole = Run(tiny(tmp_path / "a"), progress=False).run()
+    with pytest.raises(Interrupted):
+        Run(tiny(tmp_path / "b"), progress=False).run(interrupt_at=(2, 1))
+    resumed = Run(tiny(tmp_path / "b"), resume=True, progress=False).run()
+    for key in ("early_stopped_test_acc", "best_val_acc", "best_val_epoch", "final_test_acc"):
+        assert resumed[key] == whole[key]
+    metrics = [records.read_jsonl(tmp_path / name / records.METRICS) for name in "ab"]
+    assert [row["val_acc"] for row in metrics[0]] == [row["val_acc"] for row in metrics[1]]

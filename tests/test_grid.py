@@ -30,8 +30,9 @@ def test_the_grid_is_a_half_fraction_where_every_factor_varies():
         assert len(pairs) == 4
     assert [s.name for s in settings if s.tuning] == [grid.TUNING]
     assert all(0.2 <= s.noise <= 0.4 for s in settings)
-    train_rows = grid.BASE.subset - round(grid.BASE.val_fraction * grid.BASE.subset)
-    assert math.ceil(train_rows / grid.BASE.batch_size) == 36  # as mesa-ema4ep's decay assumes
+    base = grid.base()
+    train_rows = base.subset - round(base.val_fraction * base.subset)
+    assert math.ceil(train_rows / base.batch_size) == 36  # as mesa-ema4ep's decay assumes
 
 
 @pytest.mark.parametrize("name", grid.SUITE_NAMES)
@@ -39,6 +40,8 @@ def test_every_grid_suite_builds_checked_runs(name):
     suite = SUITES[name]
     setting = next(s for s in grid.SETTINGS if s.name == name)
     assert suite.seeds == (0, 1, 2) and suite.config.val_fraction == 0.1 and suite.config.threads == 1
+    expected = dict(subset=5000, batch_size=128, lr=0.02, nesterov=True, weight_decay=5e-4, eval_bn="precise")
+    assert {key: getattr(suite.config, key) for key in expected} == expected
     assert (suite.config.model, suite.config.epochs, suite.config.label_noise) == (
         setting.model,
         setting.epochs,

@@ -48,38 +48,38 @@ RobustAUSAM.__init__.__signature__ = _signature()  # type: ignore[attr-defined]
 _HALF_RHO = Default(0.05, "ausam-halfrho's ρ (flatsam's benchmarks), not tuned for this preset")
 _PAPER = "Deng et al., AAAI 2025 (AUSAM), with flatsam's selection change (ours, not the paper's)"
 
+
+def _register(name: str, option: str, default: Default, summary: str) -> None:
+    """A RobustAUSAM preset at ausam-halfrho's ρ with one option set to ``default``."""
+    register(
+        MethodInfo(
+            name,
+            functools.partial(RobustAUSAM, rho=0.05, **{option: default.value}),
+            summary,
+            _PAPER,
+            {"rho": _HALF_RHO, option: default},
+            needs=("num_samples",),
+            sam_rho=False,
+        )
+    )
+
+
 #: ADLP mixed half and half with uniform draws, at ausam-halfrho's ρ. λ = 0.5 is our first guess, fixed
 #: before any grid run (bench/README, "the grid"): between AUSAM (λ = 0), whose ADLP drew 35-38 % mislabelled
 #: rows at 30 % noise, and uniform sampling (λ = 1), which ended level with SAM at 143 epochs.
-register(
-    MethodInfo(
-        "ausam-mix",
-        functools.partial(RobustAUSAM, rho=0.05, uniform_mix=0.5),
-        "AUSAM at ρ 0.05 drawing from ADLP mixed half and half with uniform sampling (ours)",
-        _PAPER,
-        {
-            "rho": _HALF_RHO,
-            "uniform_mix": Default(0.5, "our choice: halfway between ADLP and uniform; not tuned"),
-        },
-        needs=("num_samples",),
-        sam_rho=False,
-    )
+_register(
+    "ausam-mix",
+    "uniform_mix",
+    Default(0.5, "our choice: halfway between ADLP and uniform; not tuned"),
+    "AUSAM at ρ 0.05 drawing from ADLP mixed half and half with uniform sampling (ours)",
 )
 
 #: ADLP among the 70 % of the batch with the lowest recorded loss, at ausam-halfrho's ρ. q = 0.7 is our
 #: first guess, fixed before any grid run: it leaves out 30 % of each batch, the share of mislabelled rows at
 #: the grid's middle noise level, and still leaves more rows than the half batch drawn.
-register(
-    MethodInfo(
-        "ausam-lowloss",
-        functools.partial(RobustAUSAM, rho=0.05, loss_quantile=0.7),
-        "AUSAM at ρ 0.05 drawing by ADLP among the 70 % of the batch with the lowest recorded loss (ours)",
-        _PAPER,
-        {
-            "rho": _HALF_RHO,
-            "loss_quantile": Default(0.7, "our choice: leaves out the 30 % worst-fitted rows; not tuned"),
-        },
-        needs=("num_samples",),
-        sam_rho=False,
-    )
+_register(
+    "ausam-lowloss",
+    "loss_quantile",
+    Default(0.7, "our choice: leaves out the 30 % worst-fitted rows; not tuned"),
+    "AUSAM at ρ 0.05 drawing by ADLP among the 70 % of the batch with the lowest recorded loss (ours)",
 )

@@ -8,11 +8,11 @@ product of the other three (defining relation I = ABCD, resolution IV: every fac
 at each level, and no main effect is aliased with another main effect or a two-factor interaction). One
 setting, ``grid-cnn-40ep-n40-crop``, is the tuning setting; the other seven are held out.
 
-Every setting: 5,000 training images (seeded, stratified), a tenth held out as the validation split with
-the same label noise, batch 128, SGD with Nesterov momentum 0.9 at lr 0.02, weight decay 5e-4, a linear
-warm-up over a tenth of the epochs, then cosine; precise-BN evaluation; the test set every 10 epochs and at
-every new best validation accuracy; one thread; seeds 0, 1, 2. Methods: SGD and SAM (ρ 0.1) at the full
-length, every candidate planned for SGD's wall-clock (``equal_time_epochs``: the length / 1.05).
+Every setting (``base``): 5,000 training images (seeded, stratified), a tenth held out as the validation
+split with the same label noise, batch 128, SGD with Nesterov momentum 0.9 at lr 0.02, weight decay 5e-4,
+a linear warm-up over a tenth of the epochs, then cosine; precise-BN evaluation; the test set every 10
+epochs and at every new best validation accuracy; one thread; seeds 0, 1, 2. Methods: SGD and SAM (ρ 0.1)
+at the full length, every candidate planned for SGD's wall-clock (``equal_time_epochs``: the length / 1.05).
 """
 
 from __future__ import annotations
@@ -29,22 +29,15 @@ NOISES = (0.2, 0.4)
 CROP = 2  # padding of the random crops where the setting has them
 TUNING = "grid-cnn-40ep-n40-crop"
 
-BASE = TrainConfig(
-    dataset="fashion-mnist",
-    subset=5000,
-    val_fraction=0.1,
-    model="cnn",
-    epochs=40,
-    batch_size=128,
-    lr=0.02,
-    momentum=0.9,
-    nesterov=True,
-    weight_decay=5e-4,
-    lr_warmup_epochs=4,
-    eval_every=10,
-    eval_bn="precise",
-    threads=1,
-)
+
+def base() -> TrainConfig:
+    """The converged regime's recipe (``bench.LONG_CROP_CONFIG``: 5,000 images, batch 128, Nesterov SGD at
+    lr 0.02, weight decay 5e-4, precise-BN evaluation, one thread) with the grid's validation split and
+    the test set every 10 epochs; each setting sets model, length, warm-up, noise and crops."""
+    from flatsam.train.bench import LONG_CROP_CONFIG
+
+    return LONG_CROP_CONFIG.replace(val_fraction=0.1, eval_every=10)
+
 
 #: The candidates, each planned for SGD's wall-clock; fixed with the grid. Options of a candidate may be
 #: tuned on the tuning setting only (then frozen in its preset before any held-out setting runs).
@@ -80,7 +73,7 @@ class Setting:
         return self.name == TUNING
 
     def config(self) -> TrainConfig:
-        return BASE.replace(
+        return base().replace(
             model=self.model,
             epochs=self.epochs,
             lr_warmup_epochs=self.epochs / 10,
