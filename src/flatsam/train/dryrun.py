@@ -5,8 +5,8 @@ replaces them). The time estimate comes from a short probe: each (model, method)
 few training steps on random data of the dataset's image size and class count, on the run's device, and
 the median step time is multiplied by the run's steps. The probe steps are taken past every method's
 warm-up (so AUSAM's first, full-SAM epoch is priced at AUSAM's rate), training only: evaluation and data
-loading are not counted. Pose models are timed as their backbone classifying 16 classes (the SimCC head
-is small).
+loading are not counted. The probe's base optimizer is SGD for every suite (Adam's step costs about the
+same), and pose models are timed as their backbone classifying 16 classes (the SimCC head is small).
 """
 
 from __future__ import annotations
