@@ -24,8 +24,9 @@ class RunFileError(ValueError):
 
 
 def printable(text: str) -> str:
-    """``text`` with every control character (escape sequences, newlines, ...) written as its escape."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    """``text`` on one line and inert: line breaks and tabs become spaces, every other control character
+    (an escape sequence's ESC, a bell, ...) is written as its escape (``\\x1b``)."""
+    return "".join(c if c.isprintable() else " " if c.isspace() else repr(c)[1:-1] for c in text)
 
 
 def shown(data: bytes | str, limit: int = 40) -> str:
