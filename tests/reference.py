@@ -180,9 +180,10 @@ class ReferenceAUSAM:
         self.gen = torch.Generator().manual_seed(seed)
 
     def s_hi(self, epoch: int) -> float:
-        if epoch <= self.ramp:
-            return self.s_max - ((self.ramp - epoch) / self.ramp) * (self.s_max - self.s_min)
-        return self.s_max
+        # train.py: fmax_ = fmax - ((start + trans - epoch) / trans) * (fmax - fmin) + 0.000000001 while
+        # epoch <= start + trans (start = 0), then the last value is kept
+        epoch = min(epoch, self.ramp)
+        return self.s_max - ((self.ramp - epoch) / self.ramp) * (self.s_max - self.s_min) + 0.000000001
 
     def rows(self, epoch: int, idx: torch.Tensor) -> torch.Tensor:
         if epoch < self.warmup:

@@ -120,8 +120,9 @@ def test_ema_option_and_ramp():
     sampler = ADLPSampler(2, warmup_epochs=0, average="ema", ema_decay=0.5, ramp_epochs=30)
     sampler.update(torch.tensor([0]), torch.tensor([0.0]), torch.tensor([3.0]))
     torch.testing.assert_close(sampler.adlp, torch.tensor([2.0, 1.0]))
-    assert math.isclose(sampler.upper_weight(0), 0.1) and sampler.upper_weight(30) == 0.5
-    assert math.isclose(sampler.upper_weight(15), 0.3)
+    assert sampler.upper_weight(0) == 0.5 - 1.0 * 0.4 + 1e-9 and sampler.upper_weight(30) == 0.5 + 1e-9
+    assert math.isclose(sampler.upper_weight(15), 0.3 + 1e-9)
+    assert ADLPSampler(2, top_offset=0.0).upper_weight(30) == 0.5  # the paper's formula
 
 
 def test_reweight_gives_importance_weights():

@@ -42,6 +42,7 @@ class AUSAM(SharpnessAware):
         s_max: float = 0.5,
         ramp_epochs: int = 30,
         warmup_epochs: int = 1,
+        top_offset: float = 1e-9,
         average: Literal["mean", "ema"] = "mean",
         ema_decay: float = 0.5,
         normalize_by_grad_norm: bool = False,
@@ -59,6 +60,7 @@ class AUSAM(SharpnessAware):
             s_max=s_max,
             ramp_epochs=ramp_epochs,
             warmup_epochs=warmup_epochs,
+            top_offset=top_offset,
             average=average,
             ema_decay=ema_decay,
             normalize_by_grad_norm=normalize_by_grad_norm,
@@ -83,6 +85,7 @@ register(
             "s_max": Default(0.5, f"{_CODE} (fmax)"),
             "ramp_epochs": Default(30, f"{_CODE} (trans_epoch)"),
             "warmup_epochs": Default(1, f"{_CODE} (epoch 0 = full SAM)"),
+            "top_offset": Default(1e-9, f"{_CODE} (fmax_ = ... + 0.000000001; 0 is the paper's formula)"),
             "average": Default(
                 "mean", "authors' code, github.com/ajiaaa/AUSAM sam/ausam.py (EMA line commented out)"
             ),
