@@ -210,3 +210,18 @@ def test_an_interrupted_run_with_a_split_resumes_to_the_same_early_stopped_resul
         assert resumed[key] == whole[key]
     metrics = [records.read_jsonl(tmp_path / name / records.METRICS) for name in "ab"]
     assert [row["val_acc"] for row in metrics[0]] == [row["val_acc"] for row in metrics[1]]
+
+
+def test_flatsam_train_says_the_early_stopped_accuracy(tmp_path, capsys):
+    from flatsam.cli import main
+
+    args = ["train", "--method", "sgd", "--dataset", "synthetic", "--subset", "200", "--model", "mlp"]
+    args += ["--epochs", "2", "--batch-size", "50", "--threads", "1", "--no-progress"]
+    assert main([*args, "--val-fraction", "0.1", "--run-dir", str(tmp_path / "r")]) == 0
+    result = json.loads((tmp_path / "r" / records.RESULT).read_text())
+    expected = (
+        f"early-stopped {100 * result['early_stopped_test_acc']:.2f}% (epoch {result['best_val_epoch'] + 1})"
+    )
+    assert expected in capsys.readouterr().out
+    assert main([*args, "--run-dir", str(tmp_path / "s")]) == 0
+    assert "early-stopped" not in capsys.readouterr().out

@@ -254,6 +254,12 @@ def resumed_config(run_dir: Path, args: argparse.Namespace) -> TrainConfig:
     return saved.replace(**kept, run_dir=str(run_dir))
 
 
+def early_stopped(result: dict[str, Any]) -> str:
+    """``", early-stopped X% (epoch N)"`` for a run with a validation split, else nothing."""
+    acc = result.get("early_stopped_test_acc")
+    return "" if acc is None else f", early-stopped {100 * acc:.2f}% (epoch {result['best_val_epoch'] + 1})"
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from flatsam.train.loop import Run, check_method
 
@@ -281,7 +287,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         metric = "PCKh@0.5" if result.get("final_test_pckh") is not None else "PCK@0.2"
     print(
         f"{result['label']}: {metric} {100 * result['final_test_acc']:.2f}% "
-        f"(best {100 * result['best_test_acc']:.2f}%), {result['train_time']:.1f} s of training, "
+        f"(best {100 * result['best_test_acc']:.2f}%{early_stopped(result)}), "
+        f"{result['train_time']:.1f} s of training, "
         f"cost {result['cost']:.2f}× SGD, ascent fraction {result['ascent_fraction']:.2f} → {run_dir}"
     )
     return 0
