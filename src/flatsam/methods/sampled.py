@@ -129,7 +129,9 @@ class MicroBatchSAM(SharpnessAware):
     (``mbsam-switch``: 0.125, every second step at m = B/4; see ``MicroBatchScheduler``). See
     ``MicroBatch`` and ``NoisySAMPerturbation`` for the reasons. ``seed`` seeds the row draws; the noise
     uses ``seed + 1`` and is drawn on ``noise_device``, by default the parameters' device, as are the
-    rows.
+    rows. With ``model=``, BatchNorm running statistics come from the micro-batch (the step's first
+    forward is the clean pass on its m rows), not from the whole batch: the descent pass over every row
+    leaves them as they are.
     """
 
     def __init__(
