@@ -10,7 +10,7 @@ import torch
 
 from flatsam.data import load_dataset
 from flatsam.data.split import split_validation, validation_indices
-from flatsam.train import Run, TrainConfig, analysis, records
+from flatsam.train import Run, TrainConfig, analysis, promise, records
 from flatsam.train.report import find_runs, write_report
 
 
@@ -159,23 +159,26 @@ def recorded(tmp_path, table=RECORDED):
 
 
 def test_report_shows_the_early_stopped_column_every_seed_and_the_promise(tmp_path):
-    paths = write_report(recorded(tmp_path), tmp_path / "out")
+    runs = recorded(tmp_path)
+    paths = write_report(runs, tmp_path / "out")
     text = paths["md"].read_text()
     assert "early-stopped acc % (mean ± std)" in text
     assert "| sam | 3 | 86.00 ± 0.20 | 85.50 ± 0.10 |" in text
     assert "| sgd | 1 | 80.20 | 84.10 | 0 | 10.0 |" in text  # every seed, with its early-stopped figure
     assert "early-stopped (test accuracy at the best-validation epoch): +1.50 points" in text
     assert "— decides" in text
-    promise = {
+    promised = {
         line.split(" | ")[0][2:]: line for line in text.splitlines() if line.endswith(("yes |", "no |"))
     }
-    assert promise["cand"].endswith("| -0.30 | -0.30 | 0.98 | yes |")  # within 0.5 of SAM, faster than SGD
-    assert promise["slow"].endswith("| no |")  # as accurate as SAM, but slower than SGD
+    assert promised["cand"].endswith("| -0.30 | -0.30 | 0.98 | yes |")  # within 0.5 of SAM, faster than SGD
+    assert promised["slow"].endswith("| no |")  # as accurate as SAM, but slower than SGD
     rows = {row["label"]: row for row in csv.DictReader(paths["csv"].open())}
     assert float(rows["sam"]["early_mean"]) == pytest.approx(0.855)
     assert rows["sgd"]["early_by_seed"] == "0:84.0;1:84.1;2:83.9"
     assert rows["sgd"]["final_by_seed"] == "0:80.0;1:80.2;2:79.8"
-    assert paths["cost_plot"].stat().st_size > 0
+    assert paths["cost_plot"].stat().st_size > 0 and paths["time_plot"].stat().st_size > 0
+    groups = {label: [r for r in runs if r.label == label] for label in RECORDED}
+    assert promise.early_point(groups["sgd"]) == pytest.approx((TIMES["sgd"] / 2, 84.0))  # epoch 0's time
 
 
 def test_a_setting_whose_early_stopped_gap_is_small_or_noisy_does_not_decide(tmp_path):

@@ -39,6 +39,22 @@ def decides_line(ref: analysis.Verdict) -> str:
     )
 
 
+def early_point(runs: Sequence[analysis.Run]) -> tuple[float, float] | None:
+    """Where a method's early stop lies on the accuracy-against-time plot: the mean training wall-clock
+    at the best-validation epochs and the mean early-stopped test accuracy (%); ``None`` without them."""
+    accs = analysis.early_accuracies(runs)
+    epochs = [run.result.get("best_val_epoch") for run in runs]
+    if accs is None or None in epochs:
+        return None
+    times = [
+        next((row["train_time"] for row in run.metrics if row["epoch"] == epoch), None)
+        for run, epoch in zip(runs, epochs, strict=True)
+    ]
+    if None in times:
+        return None
+    return statistics.fmean(times), 100 * statistics.fmean(accs)
+
+
 def seed_table(groups: dict[str, Sequence[analysis.Run]]) -> str:
     """Markdown: one line per run — final and early-stopped test accuracy, best-validation epoch, time."""
     from flatsam.train.report import escape

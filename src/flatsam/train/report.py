@@ -445,6 +445,9 @@ def plot_accuracy_vs_time(runs: Sequence[RunRecord], path: Path, ref: analysis.V
         ax.fill_between(
             t, [100 * v for v in lows], [100 * v for v in highs], color=line.get_color(), alpha=0.12
         )
+        early = promise.early_point(members)
+        if early is not None:  # the early stop: a hollow square of the same colour
+            ax.plot(*early, marker="s", mfc="none", ms=8, color=line.get_color())
     if ref is not None:
         _reference_lines(ax, ref.target, ref.sgd_time, "SGD's wall-clock")
     return _finish(
@@ -453,7 +456,9 @@ def plot_accuracy_vs_time(runs: Sequence[RunRecord], path: Path, ref: analysis.V
         ax,
         path,
         "training wall-clock (s)",
-        "test accuracy (%)",
+        "test accuracy (%); □ early stop"
+        if any(map(promise.early_point, groups.values()))
+        else "test accuracy (%)",
         f"Test accuracy against training time ({seeds_phrase(map(len, groups.values()), ', band min–max')})",
         legend=True,
     )
