@@ -30,7 +30,16 @@ from flatsam.perturbation import (
     StochasticWeightPerturbation,
 )
 from flatsam.reuse import LookSAMReuse, NoReuse, PSFReuse, Reuse
-from flatsam.schedule import AEThreshold, Always, ARSAMWindow, Bernoulli, EveryK, Never, Schedule
+from flatsam.schedule import (
+    AEThreshold,
+    Always,
+    ARSAMWindow,
+    Bernoulli,
+    EveryK,
+    MicroBatchScheduler,
+    Never,
+    Schedule,
+)
 from flatsam.selection import (
     ADLPSampler,
     AllRows,
@@ -86,6 +95,7 @@ __all__ = [
     "Bernoulli",
     "AEThreshold",
     "ARSAMWindow",
+    "MicroBatchScheduler",
     "Selection",
     "RowPlan",
     "AllRows",
