@@ -59,7 +59,7 @@ class Pass:
         flags += [] if self.part is None else [f"part={self.part}"]
         flags += [name for name in ("accumulate", "check", "external") if getattr(self, name)]
         flags += [] if self.sync or self.kind not in BACKWARD else ["no_sync"]
-        return f"{self.kind.value}({', '.join(flags)})"
+        return f"{self.kind.value}({', '.join(flags)})" if flags else self.kind.value
 
 
 def _over(kind: Kind, micros: int, *, sync: bool, check: bool) -> list[Pass]:
