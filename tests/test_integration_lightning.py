@@ -122,3 +122,28 @@ def test_a_plain_optimizer_is_refused():
     trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_progress_bar=False)
     with pytest.raises(TypeError, match="flatsam optimizer"):
         trainer.fit(Plain(), DataLoader(dataset(), batch_size=BATCH))
+
+
+class PlainBatches(Net):
+    def sam_losses(self, batch, rows):
+        x, y = batch
+        return F.cross_entropy(self(x[rows]), y[rows], reduction="none")
+
+
+def test_plain_batches_with_a_history_method_fail_at_the_first_step(tmp_path):
+    """(x, y) batches carry no dataset index: AUSAM's first step refuses, naming the mixin's ways."""
+    net = PlainBatches()
+    before = [p.detach().clone() for p in net.parameters()]
+    trainer = L.Trainer(
+        max_epochs=1,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        default_root_dir=tmp_path,
+    )
+    data = TensorDataset(*dataset().dataset.tensors)
+    with pytest.raises(ValueError, match=r"every step needs index=.*sam_index\(batch\)"):
+        trainer.fit(net, DataLoader(data, batch_size=BATCH))
+    assert all(torch.equal(a, p) for a, p in zip(before, net.parameters(), strict=True))
