@@ -149,31 +149,6 @@ def aware_two_step_loop(opt, model, x, y, order):
     return ascents
 
 
-@pytest.mark.parametrize("name", ["looksam", "aesam", "sssam", "arsam"])
-def test_two_step_api_honours_the_schedule(name):
-    x, y = toy_data()
-    a, b = tiny_mlp(), tiny_mlp()
-    overrides = {
-        "looksam": {"k": 3},
-        "aesam": {"init": "first", "lambda1": 0.0, "lambda2": 0.0},
-        "sssam": {"seed": 4},
-        "arsam": {"seed": 4, "warmup_epochs": 0, "window": 4, "blocks": 2},
-    }[name]
-
-    def build(model):
-        return flatsam.build_method(
-            name, model.parameters(), total_steps=12, overrides={"rho": RHO, **overrides}, **KW
-        )
-
-    opt_a, opt_b = build(a), build(b)
-    infos = [opt_a.step(closure_for(a, x, y, idx), index=idx) for idx in order() + order()]
-    ascents = aware_two_step_loop(opt_b, b, x, y, order() + order())
-    assert ascents == [info.ascent for info in infos]
-    assert 0 < sum(ascents) < len(ascents)  # the method skipped some ascents
-    for p, q in zip(a.parameters(), b.parameters(), strict=True):
-        torch.testing.assert_close(p, q, rtol=1e-10, atol=1e-12)
-
-
 def both_passes_loop(opt, model, x, y, order):
     """pytorch_optimizer's LookSAM example: both forward/backward passes on every step, whatever
     first_step decided (with zero_grad=True, as that example passes)."""
@@ -186,28 +161,32 @@ def both_passes_loop(opt, model, x, y, order):
     return ascents
 
 
-@pytest.mark.parametrize("name", ["looksam", "aesam", "sssam", "arsam"])
-def test_a_loop_that_always_runs_both_passes_gives_the_engines_model(name):
-    """On a step without ascent the second backward (at the same weights) replaces the clean gradient
-    instead of adding to it, so the model is the one of the engine's own steps."""
+SCHEDULED = {
+    "looksam": {"k": 3},
+    "aesam": {"init": "first", "lambda1": 0.0, "lambda2": 0.0},
+    "sssam": {"seed": 4},
+    "arsam": {"seed": 4, "warmup_epochs": 0, "window": 4, "blocks": 2},
+}
+
+
+@pytest.mark.parametrize("loop", [aware_two_step_loop, both_passes_loop])
+@pytest.mark.parametrize("name", list(SCHEDULED))
+def test_two_step_loops_give_the_engines_model_under_the_schedule(name, loop):
+    """The schedule decides in first_step; a loop that skips the second pass without ascent, and one that
+    always runs it (its gradient, at the same weights, then replaces the clean one), both give the
+    model of the engine's own steps."""
     x, y = toy_data()
     a, b = tiny_mlp(), tiny_mlp()
-    overrides = {
-        "looksam": {"k": 3},
-        "aesam": {"init": "first", "lambda1": 0.0, "lambda2": 0.0},
-        "sssam": {"seed": 4},
-        "arsam": {"seed": 4, "warmup_epochs": 0, "window": 4, "blocks": 2},
-    }[name]
 
     def build(model):
-        return flatsam.build_method(
-            name, model.parameters(), total_steps=12, overrides={"rho": RHO, **overrides}, **KW
-        )
+        overrides = {"rho": RHO, **SCHEDULED[name]}
+        return flatsam.build_method(name, model.parameters(), total_steps=12, overrides=overrides, **KW)
 
     opt_a, opt_b = build(a), build(b)
     infos = [opt_a.step(closure_for(a, x, y, idx), index=idx) for idx in order() + order()]
-    ascents = both_passes_loop(opt_b, b, x, y, order() + order())
-    assert ascents == [info.ascent for info in infos] and 0 < sum(ascents) < len(ascents)
+    ascents = loop(opt_b, b, x, y, order() + order())
+    assert ascents == [info.ascent for info in infos]
+    assert 0 < sum(ascents) < len(ascents)  # the method skipped some ascents
     for p, q in zip(a.parameters(), b.parameters(), strict=True):
         torch.testing.assert_close(p, q, rtol=1e-10, atol=1e-12)
 
