@@ -479,3 +479,24 @@ def test_mpii_fields_are_refused_naming_them(change, said, tmp_path):
     with pytest.raises(ValueError, match=said) as info:
         mpii.read_annotations(path)
     assert str(path) in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("world", "rank", "error", "lost"),
+    [
+        ("2", "1", RuntimeError("[pair.cc:553] Connection closed by peer [127.0.0.1]:57235"), True),
+        ("2", "0", RuntimeError("Connection closed by peer"), False),  # rank 0 says what went wrong
+        ("1", "0", RuntimeError("Connection closed by peer"), False),
+        ("2", "1", RuntimeError("some other failure"), False),
+        ("2", "1", ValueError("Connection closed by peer"), False),
+    ],
+    ids=["rank 1, peer gone", "rank 0", "one process", "other error", "not a runtime error"],
+)
+def test_only_a_lost_peer_on_another_rank_is_reported_as_such(world, rank, error, lost, monkeypatch):
+    """Under torchrun, rank 1 whose rank 0 stopped on a bad input says so in one line (the probe saw
+    "internal error … Connection closed by peer")."""
+    from flatsam.cli import peer_lost
+
+    monkeypatch.setenv("WORLD_SIZE", world)
+    monkeypatch.setenv("RANK", rank)
+    assert peer_lost(error) is lost

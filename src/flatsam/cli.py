@@ -614,6 +614,18 @@ def describe(error: BaseException) -> str:
     return " ".join(str(text).split()) or type(error).__name__
 
 
+def peer_lost(error: BaseException) -> bool:
+    """Under torchrun, a rank other than 0 whose collective failed because another process has gone
+    (rank 0 stopped on a bad input, say): that process's message says why, this one need not."""
+    lost = ("Connection closed by peer", "Connection reset by peer", "Broken pipe")
+    return (
+        int(os.environ.get("WORLD_SIZE", "1")) > 1
+        and os.environ.get("RANK", "0") != "0"
+        and isinstance(error, RuntimeError)
+        and any(text in str(error) for text in lost)
+    )
+
+
 def ignore_signals() -> None:
     """After a stop on a signal the process only exits: a further Ctrl-C or SIGTERM (impatient users
     press it twice) must not raise inside the interpreter's exit handlers and print a traceback."""
@@ -659,6 +671,10 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as error:
         if debug:
             raise
+        if peer_lost(error):
+            rank = os.environ.get("RANK", "?")
+            print(f"flatsam: rank {rank}: stopped because another process of this run ended", file=sys.stderr)
+            return 1
         print(
             f"flatsam: internal error: {type(error).__name__}: {describe(error)} (FLATSAM_DEBUG=1 shows the "
             "traceback; please report it)",
