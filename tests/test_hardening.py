@@ -500,3 +500,27 @@ def test_only_a_lost_peer_on_another_rank_is_reported_as_such(world, rank, error
     monkeypatch.setenv("WORLD_SIZE", world)
     monkeypatch.setenv("RANK", rank)
     assert peer_lost(error) is lost
+
+
+def test_report_replaces_planted_links_without_writing_their_targets(finished, tmp_path):
+    """A shared benchmark folder whose report files are links to a user's file: `flatsam report` writes
+    its own files in their place; the link targets stay as they were."""
+    bench = tmp_path / "bench"
+    shutil.copytree(finished, bench / "runs" / "a")
+    (tmp_path / "precious").write_bytes(PRECIOUS)
+    names = ("results.md", "results.csv", "accuracy_vs_time.png", "accuracy_vs_cost.png")
+    for name in names:
+        (bench / name).symlink_to(tmp_path / "precious")
+    assert main(["report", str(bench), "--out", str(bench)]) == 0
+    assert (tmp_path / "precious").read_bytes() == PRECIOUS
+    assert all(not (bench / name).is_symlink() for name in names)
+
+
+def test_reads_are_bounded_and_messages_inert(tmp_path):
+    from flatsam.safe_open import RunFileError, read_bytes, shown
+
+    (tmp_path / "big.json").write_bytes(b"x" * 101)
+    with pytest.raises(RunFileError, match="big.json is larger than 100 bytes"):
+        read_bytes(tmp_path / "big.json", limit=100)
+    assert read_bytes(tmp_path / "big.json", limit=101) == b"x" * 101
+    assert shown(b"\x1b[2Jpid\n" + b"9" * 100, 12) == "\\x1b[2Jpid 9999…"

@@ -418,8 +418,11 @@ def _finish(plt, fig, ax, path: Path, xlabel: str, ylabel: str, title: str, lege
     if legend:
         ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
-    fig.savefig(path, dpi=130)
+    image = io.BytesIO()
+    fig.savefig(image, format="png", dpi=130)
     plt.close(fig)
+    # written as every run file is: a link planted at ``path`` is replaced, its target never written
+    records.atomic_write(path, lambda f: f.write(image.getvalue()))
     return path
 
 
