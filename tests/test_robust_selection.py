@@ -17,12 +17,19 @@ from reference import MomentumSGD, ReferenceAUSAM, sam_epsilon, sharpness_aware_
 class ReferenceRobustAUSAM(ReferenceAUSAM):
     """AUSAM's transcription with the robust draw written out: p = (1 − λ)·p_ADLP + λ/B; rows whose last
     recorded clean loss L is above the m-th smallest of the batch (m = max(⌊keep·B⌋, ⌈q·B⌉)) get p = 0;
-    p renormalised; L of the trained rows set to their clean losses (float32, initially 0)."""
+    p renormalised; L of the trained rows set to their clean losses (float32, initially 0). With
+    ``keep_end``, epoch e keeps keep + (keep_end − keep)·(e − warm-up)/(last epoch − warm-up)."""
 
-    def __init__(self, *args, mix: float, quantile: float, **kwargs) -> None:
+    def __init__(self, *args, mix: float, quantile: float, keep_end=None, epochs=None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.mix, self.quantile = mix, quantile
+        self.mix, self.quantile, self.keep_end, self.epochs = mix, quantile, keep_end, epochs
         self.L = torch.zeros(len(self.S))
+
+    def keep_of(self, epoch: int) -> float:
+        if self.keep_end is None:
+            return self.keep
+        progress = min(max(epoch - self.warmup, 0) / (self.epochs - 1 - self.warmup), 1.0)
+        return self.keep + (self.keep_end - self.keep) * progress
 
     def rows(self, epoch: int, idx: torch.Tensor) -> torch.Tensor:
         if epoch < self.warmup:
@@ -34,7 +41,7 @@ class ReferenceRobustAUSAM(ReferenceAUSAM):
         else:
             s = torch.full_like(a, self.s_min)
         p = (1 - self.mix) * (s / s.sum()) + self.mix / len(idx)
-        k = max(1, math.floor(self.keep * len(idx)))
+        k = max(1, math.floor(self.keep_of(epoch) * len(idx)))
         m = max(k, math.ceil(self.quantile * len(idx)))
         if m < len(idx):
             cutoff = sorted(self.L[idx].tolist())[m - 1]
@@ -54,13 +61,14 @@ class ReferenceRobustAUSAM(ReferenceAUSAM):
         return w
 
 
-def build(name: str, model, n: int, **overrides):
+def build(name: str, model, n: int, epochs: int | None = None, **overrides):
     return flatsam.build_method(
         name,
         model.parameters(),
         torch.optim.SGD,
         model=model,
         num_samples=n,
+        epochs=epochs,
         overrides=dict(ramp_epochs=2, warmup_epochs=1, seed=11, **overrides),
         lr=LR,
         momentum=MOMENTUM,
@@ -68,19 +76,27 @@ def build(name: str, model, n: int, **overrides):
     )
 
 
-VARIANTS = [("ausam-mix", 0.5, 1.0), ("ausam-lowloss", 0.0, 0.7), ("both", 0.3, 0.6)]
-#: every variant at batch 8 without BatchNorm, the combined one with BatchNorm and label smoothing at a
+#: (preset, its options under test): each candidate, and all three changes at once
+VARIANTS = [
+    ("ausam-mix", dict(uniform_mix=0.5)),
+    ("ausam-lowloss", dict(loss_quantile=0.7)),
+    ("ausam-late", dict(keep=0.3, keep_end=0.7)),
+    ("ausam-late", dict(keep=0.3, keep_end=0.7, uniform_mix=0.3, loss_quantile=0.6)),
+]
+IDS = ["mix", "lowloss", "late", "all-three"]
+#: every variant at batch 8 without BatchNorm, all three changes with BatchNorm and label smoothing at a
 #: batch of 7 (a short last batch); the other combinations are marked slow
-CASES = [pytest.param(*v, 8, SETTINGS[0], id=f"{v[0]}-8-plain") for v in VARIANTS] + [
-    pytest.param(*v, b, setting, id=f"{v[0]}-{b}-{setting}", marks=[] if fast else [pytest.mark.slow])
-    for v in VARIANTS
+CASES = [pytest.param(*v, 8, SETTINGS[0], id=f"{i}-8-plain") for i, v in zip(IDS, VARIANTS, strict=True)] + [
+    pytest.param(*v, b, setting, id=f"{i}-{b}-{setting}", marks=[] if fast else [pytest.mark.slow])
+    for i, v in zip(IDS, VARIANTS, strict=True)
     for b, setting in ((7, SETTINGS[0]), (8, SETTINGS[1]), (7, SETTINGS[1]))
-    for fast in [v[0] == "both" and b == 7 and setting is SETTINGS[1]]
+    if not ("keep_end" in v[1] and b == 8 and setting.batchnorm)  # BatchNorm needs 2 rows: 28 = 3·8 + 4
+    for fast in [i == "all-three" and b == 7 and setting is SETTINGS[1]]
 ]
 
 
-@pytest.mark.parametrize(("name", "mix", "quantile", "batch", "setting"), CASES)
-def test_robust_ausam_matches_transcription(name, mix, quantile, batch, setting):
+@pytest.mark.parametrize(("preset", "options", "batch", "setting"), CASES)
+def test_robust_ausam_matches_transcription(preset, options, batch, setting):
     x, y = toy_data(n=28)
     model = setting.model()
     problem = setting.problem(model, x, y)
@@ -89,17 +105,18 @@ def test_robust_ausam_matches_transcription(name, mix, quantile, batch, setting)
         MomentumSGD(LR, MOMENTUM, WD),
         len(x),
         rho=0.05,
-        keep=0.5,
+        keep=options.get("keep", 0.5),
         s_min=0.1,
         s_max=0.5,
         ramp=2,
         warmup=1,
         seed=11,
-        mix=mix,
-        quantile=quantile,
+        mix=options.get("uniform_mix", 0.0),
+        quantile=options.get("loss_quantile", 1.0),
+        keep_end=options.get("keep_end"),
+        epochs=4,
     )
-    preset = "ausam-mix" if name == "both" else name
-    opt = build(preset, model, len(x), uniform_mix=mix, loss_quantile=quantile)
+    opt = build(preset, model, len(x), epochs=4, **options)
     assert opt.rho == 0.05 and isinstance(opt.selection, RobustADLPSampler)
     w = problem.weights()
     for epoch, epoch_batches in enumerate(batches(len(x), batch, 4)):
@@ -107,11 +124,22 @@ def test_robust_ausam_matches_transcription(name, mix, quantile, batch, setting)
         for idx in epoch_batches:
             w = ref.step(w, epoch, idx)
             info = opt.step(setting.closure(model, x, y, idx), index=idx)
-            assert info.ascent_rows == (len(idx) if epoch == 0 else len(idx) // 2)
+            kept = len(idx) if epoch == 0 else max(1, math.floor(ref.keep_of(epoch) * len(idx)))
+            assert info.ascent_rows == kept
     assert_matches(model, opt, w, ref.opt, problem)
     torch.testing.assert_close(opt.selection.dlp_sum, ref.S)
     torch.testing.assert_close(opt.selection.dlp_count, ref.C)
     torch.testing.assert_close(opt.selection.last_loss, ref.L)
+
+
+def test_the_keep_schedule_spends_what_keep_0_5_spends():
+    opt = build("ausam-late", SETTINGS[0].model(), 28, epochs=11)
+    keeps = [opt.selection.keep_at(epoch) for epoch in range(1, 11)]  # after the 1-epoch warm-up
+    assert keeps[0] == pytest.approx(0.3) and keeps[-1] == pytest.approx(0.7)
+    assert sum(keeps) / len(keeps) == pytest.approx(0.5)
+    assert keeps == sorted(keeps)
+    with pytest.raises(ValueError, match="keep_end needs epochs"):
+        build("ausam-mix", SETTINGS[0].model(), 28, keep_end=0.7)
 
 
 def test_neutral_options_are_ausam_step_for_step():
@@ -173,6 +201,8 @@ def test_recorded_losses_are_in_the_state_and_resume():
         (dict(uniform_mix=-0.1), "uniform_mix must be in"),
         (dict(loss_quantile=0.0), "loss_quantile must be in"),
         (dict(loss_quantile=1.2), "loss_quantile must be in"),
+        (dict(keep_end=1.5), "keep_end must be in"),
+        (dict(keep_end=0.0), "keep_end must be in"),
     ],
 )
 def test_bad_options_are_refused_by_name(options, message):
@@ -183,7 +213,11 @@ def test_bad_options_are_refused_by_name(options, message):
 
 
 def test_presets_say_where_their_values_come_from():
-    for name, key in (("ausam-mix", "uniform_mix"), ("ausam-lowloss", "loss_quantile")):
+    for name, key in (
+        ("ausam-mix", "uniform_mix"),
+        ("ausam-lowloss", "loss_quantile"),
+        ("ausam-late", "keep_end"),
+    ):
         info = flatsam.method_info(name)
         assert "ours" in info.paper and "not tuned" in info.defaults[key].source
         assert info.defaults["rho"].value == 0.05 and not info.sam_rho

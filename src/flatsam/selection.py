@@ -420,7 +420,7 @@ class RobustADLPSampler(ADLPSampler):
     """AUSAM's ADLP sampling made less eager to draw mislabelled rows (**ours, not the paper's**).
 
     Under label noise a mislabelled row's loss moves most under the perturbation, so ADLP draws such rows
-    more often than their share (``ADLPSampler``). Two changes, each off at its neutral value (both
+    more often than their share (``ADLPSampler``). Three changes, each off at its neutral value (all
     neutral: exactly ``ADLPSampler``'s draws):
 
     - ``uniform_mix`` λ: draw from (1 − λ)·p_ADLP + λ/B, a mixture of ADLP and uniform sampling (uniform
@@ -431,6 +431,11 @@ class RobustADLPSampler(ADLPSampler):
       of the last step that trained on it (the warm-up records every row); rows never seen count as 0,
       i.e. can be drawn. The loss of a row left out is not refreshed until a warm-up, so it stays out: a
       hard but correctly labelled row can be left out too (that is the price, to be measured).
+    - ``keep_end``: the kept fraction moves linearly from ``keep`` in the first epoch after the warm-up to
+      ``keep_end`` in the last of ``epochs`` (the run's length, needed then), so that more of the
+      sharpness-aware work falls late in training, where SAM's effect is decided (Zhou et al.,
+      "Sharpness-Aware Minimization Efficiently Selects Flatter Minima Late in Training", arXiv
+      2410.10373); with keep + keep_end = 1 the mean cost is that of keep 0.5.
 
     Probabilities of rows left out are 0; the others keep their mixed weights, renormalised. Everything
     else (history, warm-up, ramp, ``keep``) is ``ADLPSampler``'s; ``options`` go to it.
@@ -439,26 +444,61 @@ class RobustADLPSampler(ADLPSampler):
     state_fields = (*ADLPSampler.state_fields, "last_loss")
 
     def __init__(
-        self, num_samples: int, uniform_mix: float = 0.0, loss_quantile: float = 1.0, **options: Any
+        self,
+        num_samples: int,
+        uniform_mix: float = 0.0,
+        loss_quantile: float = 1.0,
+        keep_end: float | None = None,
+        epochs: int | None = None,
+        **options: Any,
     ) -> None:
         super().__init__(num_samples, **options)
-        self._robust(uniform_mix, loss_quantile)
+        self._robust(uniform_mix, loss_quantile, keep_end, epochs)
 
     @classmethod
-    def taking_over(cls, sampler: ADLPSampler, uniform_mix: float, loss_quantile: float) -> RobustADLPSampler:
+    def taking_over(cls, sampler: ADLPSampler, *robust_options: Any) -> RobustADLPSampler:
         """A robust sampler with ``sampler``'s settings, history and generator (used by a preset built on
-        AUSAM's constructor, so that no extra random number is drawn)."""
+        AUSAM's constructor, so that no extra random number is drawn); ``robust_options`` as the
+        constructor's (uniform_mix, loss_quantile, keep_end, epochs)."""
         robust = cls.__new__(cls)
         robust.__dict__.update(sampler.__dict__)
-        robust._robust(uniform_mix, loss_quantile)
+        robust._robust(*robust_options)
         return robust
 
-    def _robust(self, uniform_mix: float, loss_quantile: float) -> None:
+    def _robust(
+        self,
+        uniform_mix: float,
+        loss_quantile: float,
+        keep_end: float | None = None,
+        epochs: int | None = None,
+    ) -> None:
         if not 0.0 <= uniform_mix <= 1.0:
             raise ValueError(f"uniform_mix must be in [0, 1], got {uniform_mix}")
         self.loss_quantile = check_fraction("loss_quantile", loss_quantile)
         self.uniform_mix = float(uniform_mix)
+        self.keep_start = self.keep
+        self.keep_end = None if keep_end is None else check_fraction("keep_end", keep_end)
+        if keep_end is not None and (isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1):
+            raise ValueError(f"keep_end needs epochs (the run's length, an integer >= 1), got {epochs!r}")
+        self.epochs = epochs
         self.last_loss = torch.zeros(self.num_samples, device=self.device)
+
+    def keep_at(self, epoch: int) -> float:
+        """The kept fraction of ``epoch``: ``keep``, or on the way from ``keep`` (first epoch after the
+        warm-up) to ``keep_end`` (the last epoch)."""
+        if self.keep_end is None or self.epochs is None:
+            return self.keep_start
+        last = self.epochs - 1
+        if last <= self.warmup_epochs:
+            return self.keep_end
+        progress = min(max(epoch - self.warmup_epochs, 0) / (last - self.warmup_epochs), 1.0)
+        return self.keep_start + (self.keep_end - self.keep_start) * progress
+
+    def _draw(
+        self, index: torch.Tensor | None, epoch: int | None, batch_size: int | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        self.keep = self.keep_at(self.epoch if epoch is None else epoch)
+        return super()._draw(index, epoch, batch_size)
 
     def eligible(self, index: torch.Tensor) -> torch.Tensor:
         """Which rows of the batch (dataset indices ``index``, checked) may be drawn (a bool mask)."""
@@ -495,7 +535,10 @@ class RobustADLPSampler(ADLPSampler):
         self.last_loss[rows] = losses
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, uniform_mix={self.uniform_mix}, loss_quantile={self.loss_quantile}"
+        robust = (
+            f"uniform_mix={self.uniform_mix}, loss_quantile={self.loss_quantile}, keep_end={self.keep_end}"
+        )
+        return f"{super().extra_repr()}, {robust}"
 
 
 def top_rows(values: torch.Tensor, count: int) -> torch.Tensor:

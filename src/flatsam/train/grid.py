@@ -46,6 +46,7 @@ CANDIDATES: tuple[tuple[str, str], ...] = (
     ("uniform-halfrho", "uniform:rho=0.05"),  # uniform half batch at the same ρ: the control
     ("ausam-mix", "ausam-mix"),  # ADLP mixed with uniform draws (ours)
     ("ausam-lowloss", "ausam-lowloss"),  # ADLP among the rows of lowest recorded loss (ours)
+    ("ausam-late", "ausam-late"),  # kept fraction 0.3 -> 0.7 over the run, mean 0.5 (ours)
     ("saf", "saf"),  # SAF (Du et al., NeurIPS 2022), the authors' defaults
     ("mesa", "mesa"),  # MESA (the same paper), the authors' defaults
     # MESA with its EMA decay scaled to 4 epochs of these runs, as the recorded suites do (bench.py,
