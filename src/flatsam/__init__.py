@@ -53,7 +53,7 @@ from flatsam.selection import (
     UniformSampler,
 )
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     # engine
