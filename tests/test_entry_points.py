@@ -257,3 +257,16 @@ def test_a_param_group_value_written_between_steps_is_checked_at_the_next_step(k
     with pytest.raises(ValueError, match=key):
         opt.first_step()
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+def test_values_are_checked_where_they_enter_the_library():
+    params = list(tiny_mlp().parameters())
+    with pytest.raises(TypeError, match="sync_free must be true, false or none, got 'maybe'"):
+        flatsam.SAM(params, torch.optim.SGD, 0.05, lr=0.1, sync_free="maybe")
+    with pytest.raises(ValueError, match="seed must be an integer"):
+        flatsam.AUSAM(params, torch.optim.SGD, num_samples=8, lr=0.1, seed=2**64)
+    opt = flatsam.AUSAM(params, torch.optim.SGD, num_samples=8, lr=0.1)
+    state = opt.state_dict()
+    state["selection"]["dlp_sum"] = 5.0  # an edited checkpoint
+    with pytest.raises(ValueError, match="dlp_sum is a float, not a tensor"):
+        opt.load_state_dict(state)

@@ -8,6 +8,8 @@ from typing import Any, ClassVar
 
 import torch
 
+from flatsam.validate import check_component_state, check_seed
+
 
 @dataclass
 class StepContext:
@@ -50,6 +52,7 @@ class Outcome:
 def make_generator(seed: int | None, device: torch.device | str = "cpu") -> torch.Generator:
     """A private generator; without a seed it is seeded from torch's global RNG (so ``torch.manual_seed``
     still makes a run reproducible) without disturbing anything else that draws from it later."""
+    check_seed("seed", seed)
     if seed is None:
         seed = int(torch.randint(0, 2**62, (1,)).item())
     generator = torch.Generator(device=device)
@@ -115,11 +118,14 @@ class Component:
         """Put back what ``state_dict`` saved; the state of another component class, or a tensor of another
         shape (e.g. AUSAM's per-sample history of a dataset of another size), is a ``ValueError``."""
         me = type(self).__name__
+        if not isinstance(state, dict):
+            raise TypeError(f"{me}.load_state_dict: a state must be a dict, got {type(state).__name__}")
         if state.get("kind", me) != me:
             raise ValueError(f"{me}.load_state_dict: got the state of a {state['kind']} (another method?)")
         missing = [name for name in self.state_fields if name not in state]
         if missing:
             raise KeyError(f"{me}.load_state_dict: missing {missing}")
+        check_component_state(me, {k: v for k, v in self.state_dict().items() if k != "kind"}, state)
         for name in self.state_fields:
             current = getattr(self, name)
             value = state[name]

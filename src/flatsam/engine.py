@@ -34,7 +34,7 @@ from flatsam.selection import AllRows, RowPlan, Selection, all_rows
 from flatsam.skipping import Verdict, clones, masked_step
 from flatsam.stepinfo import Counter, StepInfo
 from flatsam.two_step import TwoStepAPI
-from flatsam.validate import check_param_groups
+from flatsam.validate import check_flag, check_param_groups
 from flatsam.walk import Micro, PlanWalker, Shared, Step, grad_marks, running_stats_frozen
 
 __all__ = ["SharpnessAware", "StepInfo", "running_stats_frozen"]
@@ -121,6 +121,8 @@ class SharpnessAware(TwoStepAPI, PlanWalker, torch.optim.Optimizer):
         finite_rho = isinstance(rho, numbers.Real) and not isinstance(rho, bool) and math.isfinite(rho)
         if not (finite_rho and rho >= 0):
             raise ValueError(f"rho must be >= 0 and finite, got {rho!r}")
+        check_flag("sync_free", sync_free)
+        check_flag("check_finite", check_finite)
         if max_grad_norm is not None and not (math.isfinite(max_grad_norm) and max_grad_norm > 0):
             raise ValueError(f"max_grad_norm must be > 0 and finite, or None, got {max_grad_norm}")
         self._shared = Shared()
