@@ -19,6 +19,7 @@ import torch
 
 from flatsam.cli import main
 from flatsam.train import Run, TrainConfig, launch, records
+from flatsam.train.rundir import RunFolderError
 
 ROOT = Path(__file__).parents[1]
 SMALL = [
@@ -179,3 +180,15 @@ def test_wandb_is_offline_without_a_key_or_an_explicit_mode(tmp_path, monkeypatc
     assert wandb_mode() == "offline"
     monkeypatch.setenv("WANDB_MODE", "disabled")
     assert wandb_mode() == "disabled"
+
+
+def test_a_logger_folder_that_is_a_link_is_refused(tmp_path):
+    """``tensorboard/`` planted as a link to a folder outside the run: refused, nothing written there."""
+    pytest.importorskip("tensorboard")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (tmp_path / "tb").mkdir()
+    (tmp_path / "tb" / "tensorboard").symlink_to(outside)
+    with pytest.raises(RunFolderError, match="symbolic link"):
+        Run(config(tmp_path, "tb", epochs=1, log="tensorboard"), progress=False).run()
+    assert not any(outside.iterdir())

@@ -12,7 +12,7 @@ import socket
 from pathlib import Path
 from typing import Any, Protocol
 
-from flatsam.train import records
+from flatsam.train import records, rundir
 
 LOGGERS = ("csv", "tensorboard", "wandb")
 CSV = "metrics.csv"
@@ -63,7 +63,9 @@ class TensorBoardLogger:
             raise ImportError(
                 "--log tensorboard needs the package 'tensorboard': pip install 'flatsam[tensorboard]'"
             ) from error
-        self.writer = SummaryWriter(str(Path(run_dir) / "tensorboard"))
+        folder = Path(run_dir) / "tensorboard"
+        rundir.check_folder(folder)  # a link there would send the event files outside the run folder
+        self.writer = SummaryWriter(str(folder))
 
     def log(self, rows: list[dict[str, Any]]) -> None:
         row = rows[-1]
@@ -98,6 +100,7 @@ class WandbLogger:
             raise ImportError(
                 "--log wandb needs the package 'wandb': pip install 'flatsam[wandb]'"
             ) from error
+        rundir.check_folder(Path(run_dir) / "wandb")
         self.run = wandb.init(
             project=os.environ.get("WANDB_PROJECT", "flatsam"),
             name=name,
