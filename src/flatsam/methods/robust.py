@@ -50,7 +50,7 @@ def _signature() -> inspect.Signature:
 RobustAUSAM.__init__.__signature__ = _signature()  # type: ignore[attr-defined]
 
 
-_HALF_RHO = Default(0.05, "ausam-halfrho's ρ (flatsam's benchmarks), not tuned for this preset")
+_HALF_RHO = Default(0.05, "our choice: ausam-halfrho's ρ (flatsam's benchmarks), not tuned for this preset")
 _PAPER = "Deng et al., AAAI 2025 (AUSAM), with flatsam's selection change (ours, not the paper's)"
 
 
