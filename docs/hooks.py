@@ -8,7 +8,8 @@
 - ``benchmarks/``: ``bench/README.md`` and each recorded suite's ``results.md`` (or ``speed.md``) with
   its plots.
 
-Guides that other pages may not have written yet (``OPTIONAL``) leave the navigation when absent.
+Guides that other pages may not have written yet (``OPTIONAL``) leave the navigation when absent; a page
+of ``docs/`` that the navigation does not name joins the Guides.
 """
 
 from __future__ import annotations
@@ -46,9 +47,29 @@ def _prune(nav: list[Any], docs: Path) -> list[Any]:
     return kept
 
 
+def _listed(nav: list[Any]) -> set[str]:
+    """Every page file named in ``nav``."""
+    found: set[str] = set()
+    for item in nav:
+        value = next(iter(item.values())) if isinstance(item, dict) else item
+        found |= _listed(value) if isinstance(value, list) else {value}
+    return found
+
+
+def _adopt(nav: list[Any], docs: Path) -> list[Any]:
+    """``nav`` with every top-level page of ``docs/`` it does not name added to the Guides, titled by its
+    first heading, so that a guide written later is never left out of the site."""
+    missing = sorted(p for p in docs.glob("*.md") if p.name not in _listed(nav))
+    for i, item in enumerate(nav):
+        if isinstance(item, dict) and "Guides" in item:
+            added = [{(p.read_text().splitlines() or [p.stem])[0].lstrip("# "): p.name} for p in missing]
+            nav[i] = {"Guides": item["Guides"] + added}
+    return nav
+
+
 def on_config(config: Any) -> Any:
     docs = Path(config["docs_dir"])
-    nav = _prune(config["nav"], docs)
+    nav = _adopt(_prune(config["nav"], docs), docs)
     for i, item in enumerate(nav):
         if isinstance(item, dict) and "Benchmarks" in item:
             pages = [{"Overview": "benchmarks/index.md"}]
