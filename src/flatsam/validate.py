@@ -86,7 +86,12 @@ def check_index(index: Any, rows: int, name: str = "index") -> None:
 
 
 def _state_value_problem(current: Any, value: Any) -> str | None:
-    """Why ``value`` cannot replace ``current`` in a component's state (``None``: it can)."""
+    """Why ``value`` cannot replace ``current`` in a component's state (``None``: it can). A number and a
+    one-element tensor stand for each other (states written before a field moved to the device load)."""
+    if isinstance(current, torch.Tensor) and current.numel() == 1 and _real(value):
+        current = current.item()
+    if isinstance(value, torch.Tensor) and value.numel() == 1 and _real(current):
+        value = value.item()
     if isinstance(current, torch.Tensor):
         if not isinstance(value, torch.Tensor):
             return f"is a {type(value).__name__}, not a tensor"
