@@ -142,3 +142,12 @@ def test_tiny_suite_end_to_end(tmp_path: Path) -> None:
     assert len(results) == 4 and all(r["seed"] == 0 for r in results)
     config = json.loads((tmp_path / "out" / "runs" / "resnet8-sgd-s0" / "config.json").read_text())["config"]
     assert config["dataset"] == "tiny-imagenet" and config["model"] == "resnet8"
+
+
+def test_the_dry_run_counts_the_rows_left_after_the_validation_split():
+    from flatsam.train.bench import SUITES
+    from flatsam.train.dryrun import train_size
+
+    config = SUITES["grid-cnn-40ep-n40-crop"].config
+    assert config.val_fraction == 0.1 and train_size(config) == 4500
+    assert train_size(config.replace(val_fraction=0.0)) == 5000

@@ -58,8 +58,11 @@ def _shape(config: TrainConfig) -> tuple[int, int, int, int]:
 
 
 def train_size(config: TrainConfig) -> int:
-    """Training images of ``config``'s dataset after its subset (the stick figures default to 4,000)."""
-    return config.subset or _shape(config)[0]
+    """Training images of ``config``'s dataset after its subset (the stick figures default to 4,000) and
+    its validation split (``round(val_fraction · N)`` rows, at least one, as ``flatsam.data.split``)."""
+    count = config.subset or _shape(config)[0]
+    fraction = config.val_fraction
+    return count - max(1, round(fraction * count)) if fraction else count
 
 
 def plan(
