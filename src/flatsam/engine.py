@@ -362,28 +362,10 @@ class SharpnessAware(TwoStepAPI, PlanWalker, torch.optim.Optimizer):
         """
         scaler = amp.enabled(scaler)
         if closure is None:
-            if self._shared.pending is not None:
-                return self._second_step(scaler)
-            raise TypeError(
-                "step() needs closure(rows) -> per-sample losses of those batch rows, e.g. "
-                "lambda rows: F.cross_entropy(model(x[rows]), y[rows], reduction='none') "
-                "(or a zero-argument closure, davda54/sam style, or first_step() before step())"
-            )
-        if self._shared.pending is not None:
-            raise RuntimeError(
-                "step(closure) between first_step() and second_step(): finish the pending step with "
-                "second_step() (or step() without a closure) first"
-            )
-        closures = list(closure) if isinstance(closure, list | tuple) else [closure]
-        if not closures:
-            raise ValueError("step() got an empty list of closures")
-        if not all(takes_rows(c) for c in closures):
-            if len(closures) > 1:
-                raise TypeError(
-                    "gradient accumulation takes closure(rows) functions (per-sample losses), not "
-                    "zero-argument closures"
-                )
-            return self._step_after_backward(closures[0], batch_size, scaler)  # type: ignore[arg-type]
+            return self._second_step(scaler) if self._shared.pending is not None else _no_closure()
+        closures = self._closures(closure)
+        if closures is None:
+            return self._step_after_backward(closure, batch_size, scaler)  # type: ignore[arg-type]
         self._refuse_wrapped_call()
         self._warn_if_grads_present()
         step = self._begin(closures, index, batch_size, scaler)
@@ -394,6 +376,26 @@ class SharpnessAware(TwoStepAPI, PlanWalker, torch.optim.Optimizer):
         finally:
             self.restore()
             self._shared.left = grad_marks(self.params)
+
+    def _closures(self, closure: Any) -> list[Closure] | None:
+        """The step's ``closure(rows)`` functions, one per micro-batch (``None``: one zero-argument
+        closure, davda54/sam style)."""
+        if self._shared.pending is not None:
+            raise RuntimeError(
+                "step(closure) between first_step() and second_step(): finish the pending step with "
+                "second_step() (or step() without a closure) first"
+            )
+        closures = list(closure) if isinstance(closure, list | tuple) else [closure]
+        if not closures:
+            raise ValueError("step() got an empty list of closures")
+        if all(takes_rows(c) for c in closures):
+            return closures
+        if len(closures) > 1:
+            raise TypeError(
+                "gradient accumulation takes closure(rows) functions (per-sample losses), not "
+                "zero-argument closures"
+            )
+        return None
 
     def _refuse_wrapped_call(self) -> None:
         """``closure(rows)`` reached through a wrapper that would drop or mis-scale passes: a
@@ -618,6 +620,14 @@ class SharpnessAware(TwoStepAPI, PlanWalker, torch.optim.Optimizer):
     def __repr__(self) -> str:
         parts = ",\n  ".join(f"{k}={v!r}" for k, v in self.components.items())
         return f"{type(self).__name__}(\n  base={type(self.base).__name__}, rho={self.rho},\n  {parts}\n)"
+
+
+def _no_closure() -> StepInfo:
+    raise TypeError(
+        "step() needs closure(rows) -> per-sample losses of those batch rows, e.g. "
+        "lambda rows: F.cross_entropy(model(x[rows]), y[rows], reduction='none') "
+        "(or a zero-argument closure, davda54/sam style, or first_step() before step())"
+    )
 
 
 def _caller_module() -> str:
