@@ -635,11 +635,22 @@ def ignore_signals() -> None:
         signal.signal(signum, signal.SIG_IGN)
 
 
+def _interrupted(entry_point: bool) -> int:
+    """Ctrl-C (pressed twice, or outside the training loop): status 130, and no further signal may
+    raise in the interpreter's exit handlers."""
+    if entry_point:
+        ignore_signals()
+    print("flatsam: interrupted", file=sys.stderr)
+    return 130
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; errors of the input are one line on stderr with exit status 2 (set
     ``FLATSAM_DEBUG=1`` for the traceback), Ctrl-C is 130, a closed output pipe ends quietly."""
+    from flatsam.train.interrupts import forget_stops, stopped_at_once
     from flatsam.train.loop import Interrupted
 
+    forget_stops()
     entry_point = argv is None  # the process's own command line: it exits when main returns
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
@@ -655,32 +666,37 @@ def main(argv: list[str] | None = None) -> int:
         print(f"flatsam: {stop}", file=sys.stderr)
         return 128 + stop.signum
     except KeyboardInterrupt:
-        if entry_point:
-            ignore_signals()
-        print("flatsam: interrupted", file=sys.stderr)
-        return 130
+        return _interrupted(entry_point)
     except BrokenPipeError:  # e.g. `flatsam methods | head`: the reader has gone, so has the output
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 141
-    except USER_ERRORS as error:
-        if debug:
+    except Exception as error:
+        if debug and not stopped_at_once():
             raise
+        return _failed(error, entry_point)
+
+
+def _failed(error: Exception, entry_point: bool) -> int:
+    """The exit status and one line for an error that stopped a command: 2 for the user's input, 1 for
+    a lost peer process or an internal error, 130 when a second Ctrl-C broke a write."""
+    from flatsam.train.interrupts import stopped_at_once
+
+    if stopped_at_once():  # the KeyboardInterrupt surfaced as another error: the stop is the user's
+        return _interrupted(entry_point)
+    if isinstance(error, USER_ERRORS):
         print(f"flatsam: error: {describe(error)}", file=sys.stderr)
         return 2
-    except Exception as error:
-        if debug:
-            raise
-        if peer_lost(error):
-            rank = os.environ.get("RANK", "?")
-            print(f"flatsam: rank {rank}: stopped because another process of this run ended", file=sys.stderr)
-            return 1
-        print(
-            f"flatsam: internal error: {type(error).__name__}: {describe(error)} (FLATSAM_DEBUG=1 shows the "
-            "traceback; please report it)",
-            file=sys.stderr,
-        )
+    if peer_lost(error):
+        rank = os.environ.get("RANK", "?")
+        print(f"flatsam: rank {rank}: stopped because another process of this run ended", file=sys.stderr)
         return 1
+    print(
+        f"flatsam: internal error: {type(error).__name__}: {describe(error)} (FLATSAM_DEBUG=1 shows the "
+        "traceback; please report it)",
+        file=sys.stderr,
+    )
+    return 1
 
 
 if __name__ == "__main__":

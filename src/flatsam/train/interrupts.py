@@ -16,6 +16,21 @@ from types import FrameType, TracebackType
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
+_stopped_at_once = threading.Event()  # a second signal raised KeyboardInterrupt (wherever it landed)
+
+
+def forget_stops() -> None:
+    """A new command starts: no second signal has stopped it yet (``main`` may run several times in one
+    process, as the tests run it)."""
+    _stopped_at_once.clear()
+
+
+def stopped_at_once() -> bool:
+    """Whether a second signal stopped the process at once. Its ``KeyboardInterrupt`` may have surfaced
+    as another error (inside ``torch.save`` a half-written checkpoint becomes a write error): the stop is
+    still the user's, and no file it interrupted is left behind (the writes are atomic)."""
+    return _stopped_at_once.is_set()
+
 
 class DeferredInterrupt:
     """Context manager: while active (in the main thread), SIGINT and SIGTERM set ``received``."""
@@ -30,6 +45,7 @@ class DeferredInterrupt:
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self.received is not None:
+            _stopped_at_once.set()
             raise KeyboardInterrupt
         self.request(signum)
         message = (
