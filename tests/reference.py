@@ -185,15 +185,18 @@ class ReferenceAUSAM:
         epoch = min(epoch, self.ramp)
         return self.s_max - ((self.ramp - epoch) / self.ramp) * (self.s_max - self.s_min) + 0.000000001
 
-    def rows(self, epoch: int, idx: torch.Tensor) -> torch.Tensor:
-        if epoch < self.warmup:
-            return torch.arange(len(idx))
+    def weights(self, epoch: int, idx: torch.Tensor) -> torch.Tensor:
+        """The batch's ADLPs min-max scaled onto [s_min, s_hi(epoch)] (all s_min when they are equal)."""
         a = self.S[idx] / self.C[idx]
         lo, hi = a.min(), a.max()
         if hi > lo:
-            s = (a - lo) / (hi - lo) * (self.s_hi(epoch) - self.s_min) + self.s_min
-        else:
-            s = torch.full_like(a, self.s_min)
+            return (a - lo) / (hi - lo) * (self.s_hi(epoch) - self.s_min) + self.s_min
+        return torch.full_like(a, self.s_min)
+
+    def rows(self, epoch: int, idx: torch.Tensor) -> torch.Tensor:
+        if epoch < self.warmup:
+            return torch.arange(len(idx))
+        s = self.weights(epoch, idx)
         p = s / s.sum()
         return torch.multinomial(
             p, max(1, math.floor(self.keep * len(idx))), replacement=False, generator=self.gen

@@ -34,12 +34,7 @@ class ReferenceRobustAUSAM(ReferenceAUSAM):
     def rows(self, epoch: int, idx: torch.Tensor) -> torch.Tensor:
         if epoch < self.warmup:
             return torch.arange(len(idx))
-        a = self.S[idx] / self.C[idx]
-        lo, hi = a.min(), a.max()
-        if hi > lo:
-            s = (a - lo) / (hi - lo) * (self.s_hi(epoch) - self.s_min) + self.s_min
-        else:
-            s = torch.full_like(a, self.s_min)
+        s = self.weights(epoch, idx)  # AUSAM's, from its transcription
         p = (1 - self.mix) * (s / s.sum()) + self.mix / len(idx)
         k = max(1, math.floor(self.keep_of(epoch) * len(idx)))
         m = max(k, math.ceil(self.quantile * len(idx)))
