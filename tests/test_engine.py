@@ -199,11 +199,11 @@ def _g(*, rows):
     [lambda: 0, lambda rows: 0, lambda *a: 0, lambda **k: 0, lambda rows=None: 0, lambda a, *b: 0, _f, _g],
 )
 def test_closure_kind_from_the_code_object_agrees_with_the_signature(closure):
-    from flatsam.engine import _takes_rows
+    from flatsam.closures import takes_rows
 
     positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
     expected = any(p.kind in positional for p in inspect.signature(closure).parameters.values())
-    assert _takes_rows(closure) == expected
+    assert takes_rows(closure) == expected
 
 
 def test_every_row_is_the_batch_in_order_on_the_cpu_only():

@@ -39,8 +39,6 @@ from flatsam.walk import Micro, PlanWalker, Shared, Step, grad_marks, running_st
 
 __all__ = ["SharpnessAware", "StepInfo", "running_stats_frozen"]
 
-_takes_rows = takes_rows  # the name the framework adapters import
-
 #: Keywords of other SAM libraries that would reach the base optimizer as a bare TypeError, and what to
 #: use instead (pytorch_optimizer's SAM family; davda54/sam's ``adaptive`` is accepted by ``flatsam.SAM``)
 FOREIGN_KEYWORDS = {

@@ -22,7 +22,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from flatsam.engine import SharpnessAware, StepInfo, _takes_rows
+from flatsam.closures import takes_rows
+from flatsam.engine import SharpnessAware, StepInfo
 from flatsam.integrations import require
 
 _accelerate = require("accelerate", "accelerate", "flatsam.integrations.accelerate")
@@ -36,7 +37,7 @@ class SharpnessAwareAcceleratedOptimizer(_optimizer.AcceleratedOptimizer):
     def step(  # type: ignore[override]
         self, closure: Any = None, index: Any = None, *, batch_size: int | None = None
     ) -> StepInfo | None:
-        if closure is None or not _takes_rows(closure):
+        if closure is None or not takes_rows(closure):
             return super().step(closure)
         pending = self.__dict__.setdefault("_flatsam_pending", [])
         pending.append((closure, index, batch_size))
