@@ -6,7 +6,7 @@ BENCH_OUT ?= runs/bench
 BENCH_FLAGS ?=
 BENCH := $(PY) -m flatsam bench $(BENCH_FLAGS)
 
-.PHONY: setup test test-slow bench bench-quick bench-all bench-long bench-ablation bench-tasks lint docs wheel gpu-check
+.PHONY: setup test test-slow bench bench-quick bench-all bench-long bench-ablation bench-tasks grid grid-report lint docs wheel gpu-check
 setup: .venv/.installed
 .venv/.installed: pyproject.toml scripts/setup.sh
 	bash scripts/setup.sh
@@ -39,6 +39,17 @@ bench-ablation: setup
 bench-tasks: setup
 	$(BENCH) --suite quant --out $(BENCH_OUT)/quant
 	$(BENCH) --suite pose --out $(BENCH_OUT)/pose
+
+# The robust-promise grid's seven held-out settings (bench/README, "The grid"), two one-thread workers, longest
+# first, into GRID_OUT; resumable: run it again after a stop and finished runs are kept, unfinished ones
+# continue from their checkpoints. Run it only after the tuned presets are committed.
+GRID_OUT ?= bench
+grid: setup
+	$(PY) -m flatsam.train.grid | xargs -P 2 -I{} $(PY) -m flatsam bench --suite {} --out $(GRID_OUT)/{} --resume --no-progress
+	$(MAKE) grid-report
+
+grid-report: setup
+	$(PY) -m flatsam report --grid $(GRID_OUT)
 
 lint: setup
 	$(PY) -m ruff check src tests examples

@@ -21,7 +21,7 @@ import flatsam.two_step
 import flatsam.walk
 from flatsam.component import Outcome
 from flatsam.losses import cross_entropy
-from flatsam.train import TrainConfig
+from flatsam.train import TrainConfig, records
 from reference import Problem, bn_mlp, tiny_mlp
 
 LR, MOMENTUM, WD = 0.1, 0.9, 1e-3
@@ -198,8 +198,18 @@ class HostReads:
 
 def small_cli_args(subset: int = 128) -> list[str]:
     """Command-line flags of a tiny synthetic run: an MLP, batch 64, one thread."""
-    return ["--dataset", "synthetic", "--subset", str(subset), "--model", "mlp", "--batch-size", "64",
-            "--threads", "1"]
+    return [
+        "--dataset",
+        "synthetic",
+        "--subset",
+        str(subset),
+        "--model",
+        "mlp",
+        "--batch-size",
+        "64",
+        "--threads",
+        "1",
+    ]
 
 
 def tiny_run_config(run_dir: Path, **over: Any) -> TrainConfig:
@@ -233,3 +243,36 @@ def ascent_outcome(clean: list, descent: list, found_inf: torch.Tensor | None = 
         descent_grads=descent,
         found_inf=found_inf,
     )
+
+
+def fabricate(root, label: str, seed: int, final: float, early: float | None, time: float) -> None:
+    """A finished run folder ``root/LABEL-sSEED`` with two epochs (early-stopped at the first); SGD and
+    SAM under their names, any other label as an AUSAM run."""
+    folder = root / f"{label}-s{seed}"
+    folder.mkdir(parents=True)
+    config = {
+        "method": label if label in ("sgd", "sam") else "ausam",
+        "method_options": {},
+        "val_fraction": 0.1,
+    }
+    records.write_json(folder / records.CONFIG, {"config": config, "environment": {}})
+    rows = [
+        {"epoch": 0, "train_time": time / 2, "forward_samples": 100, "backward_samples": 100,
+         "test_acc": early, "val_acc": 0.6},
+        {"epoch": 1, "train_time": time, "forward_samples": 200, "backward_samples": 200,
+         "test_acc": final, "val_acc": 0.5},
+    ]  # fmt: skip
+    records.write_jsonl(folder / records.METRICS, rows)
+    result = {
+        "method": config["method"],
+        "label": label,
+        "seed": seed,
+        "epochs": 2,
+        "final_test_acc": final,
+        "best_test_acc": max(final, early or 0),
+        "train_time": time,
+        "cost": 1.0,
+        "ascent_fraction": 0.0,
+        **({} if early is None else {"early_stopped_test_acc": early, "best_val_epoch": 0}),
+    }
+    records.write_json(folder / records.RESULT, result)

@@ -12,6 +12,7 @@ from flatsam.data import load_dataset
 from flatsam.data.split import split_validation, validation_indices
 from flatsam.train import Run, TrainConfig, analysis, promise, records
 from flatsam.train.report import find_runs, write_report
+from helpers import fabricate
 
 
 def tiny(run_dir, **over) -> TrainConfig:
@@ -118,37 +119,6 @@ RECORDED = {
     "slow": [(0.861, 0.857), (0.860, 0.856), (0.862, 0.855)],
 }
 TIMES = {"sgd": 10.0, "sam": 20.0, "cand": 9.8, "slow": 10.5}
-
-
-def fabricate(root, label: str, seed: int, final: float, early: float | None, time: float) -> None:
-    folder = root / f"{label}-s{seed}"
-    folder.mkdir(parents=True)
-    config = {
-        "method": label if label in ("sgd", "sam") else "ausam",
-        "method_options": {},
-        "val_fraction": 0.1,
-    }
-    records.write_json(folder / records.CONFIG, {"config": config, "environment": {}})
-    rows = [
-        {"epoch": 0, "train_time": time / 2, "forward_samples": 100, "backward_samples": 100,
-         "test_acc": early, "val_acc": 0.6},
-        {"epoch": 1, "train_time": time, "forward_samples": 200, "backward_samples": 200,
-         "test_acc": final, "val_acc": 0.5},
-    ]  # fmt: skip
-    records.write_jsonl(folder / records.METRICS, rows)
-    result = {
-        "method": config["method"],
-        "label": label,
-        "seed": seed,
-        "epochs": 2,
-        "final_test_acc": final,
-        "best_test_acc": max(final, early or 0),
-        "train_time": time,
-        "cost": 1.0,
-        "ascent_fraction": 0.0,
-        **({} if early is None else {"early_stopped_test_acc": early, "best_val_epoch": 0}),
-    }
-    records.write_json(folder / records.RESULT, result)
 
 
 def recorded(tmp_path, table=RECORDED):

@@ -88,3 +88,12 @@ def test_a_grid_suite_runs_end_to_end_at_toy_size(tmp_path):
     assert all(records.read_json(run.path / records.CONFIG)["config"]["val_fraction"] == 0.1 for run in runs)
     text = paths["md"].read_text()
     assert "early-stopped acc %" in text and "keeps the promise" in text
+
+
+def test_the_held_out_queue_is_every_held_out_setting_longest_first():
+    queue = grid.held_out_queue()
+    assert sorted(queue) == sorted(n for n in grid.SUITE_NAMES if n != grid.TUNING)
+    setting = {s.name: s for s in grid.SETTINGS}
+    costs = [grid.SECONDS_PER_EPOCH[setting[n].model] * setting[n].epochs for n in queue]
+    assert costs == sorted(costs, reverse=True)
+    assert queue[:2] == ["grid-resnet8-100ep-n40-crop", "grid-resnet8-100ep-n20"]  # crops first on a tie

@@ -364,9 +364,22 @@ def cmd_speed(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from flatsam.train.report import find_runs, report_folder, write_report
 
+    if args.grid:
+        return _grid_report(args)
     out = report_folder(args.paths, args.out)
     runs = find_runs(args.paths)
     paths = write_report(runs, out)
+    print(paths["md"].read_text())
+    print("written:", ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
+def _grid_report(args: argparse.Namespace) -> int:
+    from flatsam.train.grid_report import write_grid_report
+
+    if len(args.paths) != 1:
+        raise ValueError(f"--grid reads one folder (the one holding grid-*/), got {len(args.paths)}")
+    paths = write_grid_report(Path(args.paths[0]), None if args.out is None else Path(args.out))
     print(paths["md"].read_text())
     print("written:", ", ".join(str(p) for p in paths.values()))
     return 0
@@ -570,6 +583,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--out",
         help="where to write results.md/csv and plots, never inside a run folder (default: the first path "
         "when it holds runs; beside a run folder: RUN-report, or report for several runs)",
+    )
+    report.add_argument(
+        "--grid",
+        action="store_true",
+        help="read PATH as the folder holding the robust-promise grid's settings (grid-*/) and write the "
+        "grid's verdict across them into PATH/grid (or --out)",
     )
     report.set_defaults(func=cmd_report)
 

@@ -101,6 +101,19 @@ SETTINGS = half_fraction()
 SUITE_NAMES = tuple(s.name for s in SETTINGS)
 
 
+#: Seconds per epoch of one seed of a setting (SGD, SAM and the eight candidates, with the evaluation),
+#: from the one-epoch probe of bench/README ("Estimated CPU time"); for ordering the queue only.
+SECONDS_PER_EPOCH = {"cnn": 37.0, "resnet8": 80.0}
+
+
+def held_out_queue() -> list[str]:
+    """The held-out settings, longest first (the estimate; crops before none on a tie), so that two
+    workers serving the queue end close together: ``make grid`` runs them in this order."""
+    held = [s for s in SETTINGS if not s.tuning]
+    held.sort(key=lambda s: (-SECONDS_PER_EPOCH[s.model] * s.epochs, not s.crops))
+    return [s.name for s in held]
+
+
 def planned(label: str, spec: str, sgd_epochs: int) -> str:
     """``spec`` as a bench method spec planned for the wall-clock of SGD's ``sgd_epochs``."""
     from flatsam.train.bench import equal_time_epochs
@@ -132,3 +145,7 @@ def suites() -> dict[str, Any]:
             methods(s),
         )
     return out
+
+
+if __name__ == "__main__":  # ``python -m flatsam.train.grid``: the held-out queue, one name per line
+    print(*held_out_queue(), sep="\n")

@@ -1,0 +1,356 @@
+"""The grid's verdict across its settings (``flatsam report --grid BENCH``): in every setting that
+decides, each candidate's gaps to SAM (final and early-stopped) and its wall-clock over SGD's; the robust
+preset is the candidate that keeps the promise in every deciding setting. Held-out settings are counted
+apart from the tuning setting, and a setting with missing runs is shown as such, never filled in.
+
+Reads ``BENCH/<setting>/runs`` for each setting of :mod:`flatsam.train.grid`; writes ``results.md``,
+``results.csv`` and ``gaps.png`` (candidates × settings, the worse of the two gaps) into ``BENCH/grid``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from flatsam.train import analysis, grid, promise, records
+from flatsam.train.report import RunRecord, escape, find_runs, group
+
+SEEDS = 3  # every setting's seeds (grid.base: 0, 1, 2)
+
+
+def candidate_label(name: str, setting: grid.Setting) -> str:
+    """The run label of candidate ``name`` in ``setting`` (planned for SGD's wall-clock: ``NAME-38ep``)."""
+    return grid.planned(name, "x", setting.epochs).partition("=")[0]
+
+
+@dataclass
+class SettingResult:
+    """One setting's finished runs, read against its references."""
+
+    setting: grid.Setting
+    seeds: dict[str, int]  # label -> finished seeds (sgd, sam and every candidate, 0 when none)
+    verdict: analysis.Verdict | None  # None until SGD and SAM have all their seeds
+    promises: dict[str, promise.Promise] = field(default_factory=dict)  # candidate name -> its standing
+
+    @property
+    def complete(self) -> bool:
+        return all(n >= SEEDS for n in self.seeds.values())
+
+    @property
+    def decides(self) -> bool:
+        return self.verdict is not None and self.verdict.decides
+
+
+def read_setting(folder: Path, setting: grid.Setting) -> SettingResult:
+    """``setting``'s runs under ``folder/runs`` (none yet is a result with every count 0)."""
+    labels = {"sgd": "sgd", "sam": "sam"} | {
+        name: candidate_label(name, setting) for name, _ in grid.CANDIDATES
+    }
+    runs: list[RunRecord] = []
+    if (folder / "runs").is_dir():
+        try:
+            runs = find_runs([folder / "runs"])
+        except FileNotFoundError:  # only unfinished runs so far
+            runs = []
+    groups = {label: members for label, members in group(runs).items() if label in labels.values()}
+    seeds = {name: len(groups.get(label, [])) for name, label in labels.items()}
+    if seeds["sgd"] < SEEDS or seeds["sam"] < SEEDS:
+        return SettingResult(setting, seeds, None)
+    ref = analysis.verdict({"sgd": groups["sgd"], "sam": groups["sam"]})
+    found = {name: label for name, label in labels.items() if name not in ("sgd", "sam") and seeds[name]}
+    standing = {p.label: p for p in promise.promises(groups, ref)}
+    return SettingResult(setting, seeds, ref, {name: standing[label] for name, label in found.items()})
+
+
+def read_grid(root: Path) -> list[SettingResult]:
+    """Every setting of the grid, in the grid's order, from ``root/<setting name>``."""
+    return [read_setting(root / s.name, s) for s in grid.SETTINGS]
+
+
+def worst_gap(p: promise.Promise) -> float:
+    """The worse of a candidate's two gaps to SAM (final, early-stopped; a missing one counts as −∞)."""
+    return min(p.final_gap, -math.inf if p.early_gap is None else p.early_gap)
+
+
+@dataclass
+class Standing:
+    """One candidate across the deciding settings: where it kept the promise, where it missed it, where
+    its seeds are not all in yet; its worst gap and slowest wall-clock where they are."""
+
+    name: str
+    kept: list[str]
+    missed: list[str]
+    pending: list[str]
+    worst: tuple[str, float] | None  # (setting, worse gap) at its worst deciding setting
+    slowest: float | None  # its largest wall-clock ÷ SGD's over those settings
+
+    @property
+    def robust(self) -> bool:
+        return bool(self.kept) and not self.missed and not self.pending
+
+
+def standings(results: Sequence[SettingResult], held_out: bool | None = None) -> list[Standing]:
+    """Each candidate over the deciding settings (only the held-out ones with ``held_out=True``, only the
+    tuning one with ``False``), judged where it has every seed."""
+    chosen = [r for r in results if r.decides and (held_out is None or held_out != r.setting.tuning)]
+    out = []
+    for name, _ in grid.CANDIDATES:
+        rows = [(r.setting.name, r.promises[name]) for r in chosen if r.seeds[name] >= SEEDS]
+        worst = min(rows, key=lambda row: worst_gap(row[1]), default=None)
+        out.append(
+            Standing(
+                name,
+                [s for s, p in rows if p.holds],
+                [s for s, p in rows if not p.holds],
+                [r.setting.name for r in chosen if r.seeds[name] < SEEDS],
+                None if worst is None else (worst[0], worst_gap(worst[1])),
+                max((p.time_vs_sgd for _, p in rows), default=None),
+            )
+        )
+    return out
+
+
+def _points(value: float | None) -> str:
+    return "–" if value is None or not math.isfinite(value) else f"{100 * value:+.2f}"
+
+
+def settings_table(results: Sequence[SettingResult]) -> str:
+    """Markdown: each setting's role, finished seeds and whether it decides."""
+    lines = [
+        "| setting | role | runs finished | SAM − SGD early-stopped (points) | 3 × larger seed std "
+        "| decides |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        done = sum(r.seeds.values())
+        v = r.verdict
+        std = None if v is None or v.early_std is None else 3 * v.early_std
+        state = "–" if v is None else ("yes" if r.decides else "no")
+        cells = [
+            r.setting.name,
+            "tuning" if r.setting.tuning else "held out",
+            f"{done} of {SEEDS * len(r.seeds)}",
+            _points(None if v is None else v.early_margin),
+            "–" if std is None else f"{100 * std:.2f}",
+            state,
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def matrix_table(results: Sequence[SettingResult]) -> str:
+    """Markdown: candidates × settings, each cell "final / early-stopped gap, time ÷ SGD's" and whether
+    it keeps the promise (✓) or not (✗); settings that do not decide are in parentheses."""
+    header = "| candidate | " + " | ".join(f"`{r.setting.name}`" for r in results) + " |"
+    lines = [header, "|---" * (len(results) + 1) + "|"]
+    for name, _ in grid.CANDIDATES:
+        cells = []
+        for r in results:
+            p = r.promises.get(name)
+            if p is None:
+                cells.append("–")
+                continue
+            text = f"{_points(p.final_gap)} / {_points(p.early_gap)}, {p.time_vs_sgd:.2f}×"
+            partial = "" if r.seeds[name] == SEEDS else f" ({r.seeds[name]} seeds)"
+            mark = " ✓" if p.holds else " ✗"
+            cells.append(f"{text}{mark}{partial}" if r.decides else f"({text}){partial}")
+        lines.append(f"| {escape(name)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def standings_table(rows: Sequence[Standing]) -> str:
+    """Markdown: each candidate's deciding settings kept and missed, its worst gap and slowest ratio."""
+    lines = [
+        "| candidate | kept in | missed in | not all seeds yet | worst gap to SAM (points) | where "
+        "| slowest ÷ SGD |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for s in rows:
+        where, gap = s.worst if s.worst else ("–", None)
+        cells = [
+            escape(s.name),
+            str(len(s.kept)),
+            str(len(s.missed)),
+            str(len(s.pending)),
+            _points(gap),
+            where,
+            "–" if s.slowest is None else f"{s.slowest:.2f}",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def verdict_text(results: Sequence[SettingResult]) -> str:
+    """The grid's answer so far, in one paragraph."""
+    complete = sum(r.complete for r in results)
+    deciding = [r for r in results if r.decides]
+    head = (
+        f"{complete} of {len(results)} settings complete; {len(deciding)} with SGD's and SAM's seeds "
+        f"decide ({sum(not r.setting.tuning for r in deciding)} held out)."
+    )
+    rows = standings(results)
+    robust = [s.name for s in rows if s.robust]
+    if not any(s.kept or s.missed for s in rows):
+        return f"{head} No candidate can be judged yet.\n"
+    if robust:
+        return f"{head} Kept the promise in every deciding setting so far: {', '.join(robust)}.\n"
+    judged = [s for s in rows if s.worst is not None and s.slowest is not None]
+    # the closest: within SGD's wall-clock first, then by the worst gap
+    best = max(judged, key=lambda s: (s.slowest <= promise.PROMISE_TIME, s.worst[1]))  # type: ignore[index,operator]
+    where, gap = best.worst  # type: ignore[misc]
+    return (
+        f"{head} No candidate has kept the promise in every deciding setting so far. The closest, "
+        f"{best.name}, stays {_points(gap)} points from SAM at its worst ({where}), at up to "
+        f"{best.slowest:.2f}× SGD's wall-clock.\n"
+    )
+
+
+def csv_text(results: Sequence[SettingResult]) -> str:
+    """One row per setting and candidate, with the setting's verdict."""
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(
+        ["setting", "role", "decides", "candidate", "seeds", "final_gap", "early_gap", "time_vs_sgd", "holds"]
+    )
+    for r in results:
+        for name, _ in grid.CANDIDATES:
+            p = r.promises.get(name)
+            role = "tuning" if r.setting.tuning else "held out"
+            decides = "" if r.verdict is None else r.decides
+            if p is None:
+                writer.writerow([r.setting.name, role, decides, name, r.seeds[name], "", "", "", ""])
+                continue
+            early = "" if p.early_gap is None else f"{p.early_gap:.6f}"
+            writer.writerow(
+                [
+                    r.setting.name, role, decides, name, r.seeds[name],
+                    f"{p.final_gap:.6f}", early, f"{p.time_vs_sgd:.4f}", p.holds,
+                ]
+            )  # fmt: skip
+    return out.getvalue()
+
+
+def _tick(r: SettingResult) -> str:
+    """A setting's name on the plot's axis, with its role and why it is grey, if it is."""
+    state = "" if r.decides else ("\n(not run yet)" if r.verdict is None else "\n(does not decide)")
+    return r.setting.name.removeprefix("grid-") + (" (tuning)" if r.setting.tuning else "") + state
+
+
+def plot_gaps(results: Sequence[SettingResult], path: Path) -> Path:
+    """Candidates × settings, coloured by the worse of the two gaps to SAM (points); the promise's bar
+    (−0.5) is the colour scale's middle; settings that do not decide (or lack runs) are hatched grey."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+    from matplotlib.colors import TwoSlopeNorm
+
+    names = [name for name, _ in grid.CANDIDATES]
+    values = np.full((len(names), len(results)), np.nan)
+    for j, r in enumerate(results):
+        for i, name in enumerate(names):
+            p = r.promises.get(name)
+            if p is not None and r.decides:
+                values[i, j] = 100 * worst_gap(p)
+    fig, ax = plt.subplots(figsize=(1.2 * len(results) + 3, 0.45 * len(names) + 2))
+    ax.set_facecolor("0.9")
+    norm = TwoSlopeNorm(vcenter=-100 * promise.PROMISE_SLACK, vmin=-3.0, vmax=1.0)
+    image = ax.imshow(np.clip(values, -3.0, 1.0), cmap="RdYlGn", norm=norm, aspect="auto")
+    for j, r in enumerate(results):
+        if not r.decides:
+            ax.add_patch(plt.Rectangle((j - 0.5, -0.5), 1, len(names), fill=False, hatch="//", color="0.6"))
+        for i, name in enumerate(names):
+            if not math.isnan(values[i, j]):
+                held = r.promises[name].holds
+                ax.text(
+                    j, i, f"{values[i, j]:+.1f}{' ✓' if held else ''}", ha="center", va="center", fontsize=7
+                )
+    ax.set_yticks(range(len(names)), names, fontsize=8)
+    ax.set_xticks(
+        range(len(results)),
+        [_tick(r) for r in results],
+        rotation=35,
+        ha="right",
+        fontsize=8,
+    )
+    fig.colorbar(image, ax=ax, label="worse of final / early-stopped − SAM (points)")
+    ax.set_title("The grid: gap to SAM where the setting decides (✓: kept, at ≤ 1.0× SGD's time)", fontsize=9)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=130)
+    plt.close(fig)
+    records.atomic_write(path, lambda f: f.write(buffer.getvalue()))
+    return path
+
+
+def tuning_variants(root: Path) -> str:
+    """Markdown: the tuning variants (``root/grid-tuning``) against the tuning setting's SAM and their own
+    folder's SGD (run side by side with them); empty until both have every seed."""
+    setting = next(s for s in grid.SETTINGS if s.tuning)
+    try:
+        variants = group(find_runs([root / "grid-tuning" / "runs"]))
+        refs = group(find_runs([root / setting.name / "runs"]))
+    except FileNotFoundError:
+        return ""
+    if len(variants.get("sgd", [])) < SEEDS or len(refs.get("sam", [])) < SEEDS:
+        return ""
+    ref = analysis.verdict({"sgd": variants["sgd"], "sam": refs["sam"]})
+    complete = {label: runs for label, runs in variants.items() if len(runs) == SEEDS}
+    return (
+        "\n## Tuning variants (`grid-tuning/`, beside their own SGD; SAM from the tuning setting)\n\n"
+        + promise.promise_table(promise.promises(complete, ref))
+    )
+
+
+def write_grid_report(root: Path, out: Path | None = None) -> dict[str, Path]:
+    """Read the grid under ``root`` and write its report into ``out`` (default ``root/grid``)."""
+    results = read_grid(root)
+    if not any(sum(r.seeds.values()) for r in results):
+        raise FileNotFoundError(
+            f"no finished grid runs under {root} (expected folders {', '.join(grid.SUITE_NAMES[:2])}, …)"
+        )
+    out = root / "grid" if out is None else out
+    paths = {
+        "md": out / "results.md",
+        "csv": out / "results.csv",
+        "plot": plot_gaps(results, out / "gaps.png"),
+    }
+    text = [
+        "# The robust-promise grid: every setting\n\n",
+        verdict_text(results),
+        "\n## Settings\n\n",
+        settings_table(results),
+        "\n",
+        promise_rules(),
+        "## Held-out settings (those that decide)\n\n",
+        standings_table(standings(results, held_out=True)),
+        "\n## The tuning setting\n\n",
+        standings_table(standings(results, held_out=False)),
+        tuning_variants(root),
+        "\n## Every candidate in every setting\n\n",
+        matrix_table(results),
+        "\nCells: mean final − SAM / mean early-stopped − SAM (points), mean training wall-clock ÷ SGD's "
+        "in the same setting; ✓ keeps the promise, ✗ does not; in parentheses where the setting does not "
+        "decide; '–' not run yet. Per-seed figures are in each setting's `results.md`.\n\n",
+        "![gaps](gaps.png)\n",
+    ]
+    records.atomic_write(paths["md"], lambda f: f.write("".join(text).encode()))
+    records.atomic_write(paths["csv"], lambda f: f.write(csv_text(results).encode()))
+    return paths
+
+
+def promise_rules() -> str:
+    """The two rules, with the constants the code uses."""
+    return (
+        f"A setting decides when SAM's mean early-stopped test accuracy beats SGD's by at least "
+        f"{100 * analysis.DECIDES_MIN:g} point and by more than {analysis.DECIDES_STDS:g} seed standard "
+        f"deviations (the larger of the two). A candidate keeps the promise in a setting when its mean final "
+        f"and mean early-stopped accuracy are each at most {100 * promise.PROMISE_SLACK:g} points below "
+        f"SAM's, at most {promise.PROMISE_TIME:.1f}× SGD's mean training wall-clock. The robust preset keeps "
+        "it in every deciding setting.\n\n"
+    )

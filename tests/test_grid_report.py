@@ -1,0 +1,143 @@
+"""The grid's report across its settings (``flatsam report --grid``), on fabricated run folders."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+
+from flatsam.cli import main
+from flatsam.train import grid, grid_report
+from helpers import fabricate
+
+TUNING = "grid-cnn-40ep-n40-crop"
+HELD = "grid-cnn-40ep-n20"  # held out, decides
+FLAT = "grid-resnet8-40ep-n40"  # held out, does not decide
+PARTIAL = "grid-cnn-100ep-n40"  # SAM has one seed of three
+
+
+def setting(name: str) -> grid.Setting:
+    return next(s for s in grid.SETTINGS if s.name == name)
+
+
+def runs(root, name: str, table: dict[str, tuple[float, float, float]], seeds=(0, 1, 2)) -> None:
+    """Fabricated finished runs of ``name``: label -> (final, early-stopped, train time); candidates are
+    given by their grid names and stored under their planned labels (``NAME-38ep``)."""
+    for label, (final, early, time) in table.items():
+        stored = label if label in ("sgd", "sam") else grid_report.candidate_label(label, setting(name))
+        for seed in seeds:
+            jitter = 0.001 * (seed - 1)  # a seed spread of 0.1 points
+            fabricate(root / name / "runs", stored, seed, final + jitter, early + jitter, time)
+
+
+REFS = {"sgd": (0.80, 0.81, 10.0), "sam": (0.85, 0.85, 20.0)}
+
+
+@pytest.fixture
+def bench(tmp_path):
+    runs(tmp_path, TUNING, REFS | {
+        "ausam-halfrho": (0.847, 0.846, 9.6),  # -0.3 / -0.4 at 0.96x SGD: kept
+        "uniform-halfrho": (0.84, 0.845, 9.5),  # -1.0 final: missed
+        "ausam-lowloss": (0.849, 0.848, 9.7),  # kept
+        "saf": (0.849, 0.85, 10.4),  # accurate, but slower than SGD: missed
+    })  # fmt: skip
+    runs(tmp_path, HELD, REFS | {
+        "ausam-halfrho": (0.843, 0.845, 9.6),  # -0.7 final: missed
+        "uniform-halfrho": (0.838, 0.84, 9.5),  # -1.2 final: its worst setting
+        "ausam-lowloss": (0.848, 0.849, 9.8),  # kept: the only candidate kept in both
+        "saf": (0.85, 0.85, 10.2),
+    })  # fmt: skip
+    flat = {"sgd": (0.80, 0.845, 10.0), "sam": (0.85, 0.85, 20.0), "ausam-halfrho": (0.80, 0.80, 9.0)}
+    runs(tmp_path, FLAT, flat)  # SAM's early-stopped lead is 0.5 points: decides nothing
+    runs(tmp_path, PARTIAL, {"sgd": REFS["sgd"]})
+    runs(tmp_path, PARTIAL, {"sam": REFS["sam"]}, seeds=(0,))
+    return tmp_path
+
+
+def test_the_candidate_labels_are_those_the_grid_suites_run():
+    for s in grid.SETTINGS:
+        labels = [spec.partition("=")[0] for spec in grid.methods(s)[2:]]
+        assert labels == [grid_report.candidate_label(name, s) for name, _ in grid.CANDIDATES]
+
+
+def test_settings_are_read_with_their_verdicts_and_missing_runs_left_out(bench):
+    results = {r.setting.name: r for r in grid_report.read_grid(bench)}
+    assert results[TUNING].decides and results[HELD].decides
+    assert results[FLAT].verdict is not None and not results[FLAT].decides
+    assert results[PARTIAL].verdict is None and results[PARTIAL].seeds["sam"] == 1
+    assert not results[TUNING].complete  # ausam-mix, ausam-late, mesa, mesa-ema4ep did not run
+    assert results["grid-resnet8-100ep-n20"].seeds == dict.fromkeys(results[TUNING].seeds, 0)
+    kept = {name for name, p in results[TUNING].promises.items() if p.holds}
+    assert kept == {"ausam-halfrho", "ausam-lowloss"}
+    p = results[TUNING].promises["ausam-halfrho"]
+    assert (p.final_gap, p.early_gap, p.time_vs_sgd) == pytest.approx((-0.003, -0.004, 0.96))
+
+
+def test_standings_count_deciding_settings_held_out_apart_and_pending_ones_as_such(bench):
+    results = grid_report.read_grid(bench)
+    every = {s.name: s for s in grid_report.standings(results)}
+    assert every["ausam-lowloss"].robust and every["ausam-lowloss"].kept == [HELD, TUNING]  # in grid order
+    assert not every["ausam-halfrho"].robust and every["ausam-halfrho"].missed == [HELD]
+    assert every["uniform-halfrho"].worst == (HELD, pytest.approx(-0.012))
+    assert every["saf"].slowest == pytest.approx(1.04) and not every["saf"].robust
+    assert every["ausam-mix"].pending == [HELD, TUNING] and every["ausam-mix"].worst is None
+    held = {s.name: s for s in grid_report.standings(results, held_out=True)}
+    assert held["ausam-halfrho"].kept == [] and held["ausam-halfrho"].missed == [HELD]  # FLAT never counts
+    tuning = {s.name: s for s in grid_report.standings(results, held_out=False)}
+    assert tuning["ausam-halfrho"].kept == [TUNING]
+    assert "Kept the promise in every deciding setting so far: ausam-lowloss." in grid_report.verdict_text(
+        results
+    )
+
+
+def test_until_sgd_and_sam_have_every_seed_no_candidate_is_judged(tmp_path):
+    runs(tmp_path, TUNING, {"sgd": REFS["sgd"], "ausam-halfrho": (0.85, 0.85, 9.0)})
+    runs(tmp_path, TUNING, {"sam": REFS["sam"]}, seeds=(0, 1))
+    text = grid_report.verdict_text(grid_report.read_grid(tmp_path))
+    head = "0 of 8 settings complete; 0 with SGD's and SAM's seeds decide (0 held out)."
+    assert text == f"{head} No candidate can be judged yet.\n"
+
+
+def test_without_a_robust_candidate_the_closest_is_named_with_its_worst_setting(bench):
+    runs(bench, TUNING, {"ausam-lowloss": (0.82, 0.82, 9.7)}, seeds=(3,))  # a 4th seed: mean -0.8 points
+    text = grid_report.verdict_text(grid_report.read_grid(bench))
+    assert "No candidate has kept the promise in every deciding setting so far." in text
+    # saf is closer to SAM (-0.10) but slower than SGD: the closest within SGD's wall-clock comes first
+    assert (
+        f"The closest, ausam-halfrho, stays -0.70 points from SAM at its worst ({HELD}), at up to 0.96×"
+        in text
+    )
+
+
+def test_the_report_files_show_every_setting_and_candidate(bench, capsys):
+    assert main(["report", "--grid", str(bench)]) == 0
+    text = (bench / "grid" / "results.md").read_text()
+    assert text == capsys.readouterr().out.split("written:")[0].rstrip("\n") + "\n"
+    assert f"| {TUNING} | tuning | 18 of 30 | +4.00 | 0.30 | yes |" in text
+    assert f"| {FLAT} | held out | 9 of 30 | +0.50 | 0.30 | no |" in text
+    assert f"| {PARTIAL} | held out | 4 of 30 | – | – | – |" in text
+    row = next(line for line in text.splitlines() if line.startswith("| ausam-halfrho |") and "×" in line)
+    cells = dict(zip(grid.SUITE_NAMES, row.split(" | ")[1:], strict=True))
+    assert cells[TUNING] == "-0.30 / -0.40, 0.96× ✓"
+    assert cells[HELD] == "-0.70 / -0.50, 0.96× ✗"
+    assert cells[FLAT] == "(-5.00 / -5.00, 0.90×)"  # a setting that does not decide: in parentheses
+    assert cells[PARTIAL] == "–"
+    rows = list(csv.DictReader((bench / "grid" / "results.csv").open()))
+    assert len(rows) == len(grid.SETTINGS) * len(grid.CANDIDATES)
+    mesa = next(r for r in rows if r["setting"] == TUNING and r["candidate"] == "mesa")
+    assert mesa["seeds"] == "0" and mesa["final_gap"] == ""
+    assert (bench / "grid" / "gaps.png").stat().st_size > 0
+
+
+def test_tuning_variants_are_read_against_the_tuning_settings_sam_and_their_own_sgd(bench):
+    runs(bench, "grid-tuning", {"sgd": (0.80, 0.81, 11.0)})
+    for seed in range(3):
+        fabricate(bench / "grid-tuning" / "runs", "ausam-mix-l25-38ep", seed, 0.849, 0.849, 10.0)
+    text = grid_report.tuning_variants(bench)
+    assert "| ausam-mix-l25-38ep | -0.10 | -0.10 | 0.91 | yes |" in text
+
+
+def test_a_folder_without_grid_runs_is_refused(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no finished grid runs"):
+        grid_report.write_grid_report(tmp_path)
+    assert main(["report", "--grid", str(tmp_path), str(tmp_path)]) == 2
