@@ -90,12 +90,22 @@ def test_standings_count_deciding_settings_held_out_apart_and_pending_ones_as_su
     )
 
 
+def test_sgd_and_sam_are_placed_on_the_candidates_scales(bench):
+    refs = {r.setting.name: r for r in grid_report.read_grid(bench)}[TUNING].references
+    assert (refs["sgd"].final_gap, refs["sgd"].early_gap, refs["sgd"].time_vs_sgd) == pytest.approx(
+        (-0.05, -0.04, 1)
+    )
+    assert (refs["sam"].final_gap, refs["sam"].early_gap, refs["sam"].time_vs_sgd) == pytest.approx((0, 0, 2))
+
+
 def test_until_sgd_and_sam_have_every_seed_no_candidate_is_judged(tmp_path):
     runs(tmp_path, TUNING, {"sgd": REFS["sgd"], "ausam-halfrho": (0.85, 0.85, 9.0)})
     runs(tmp_path, TUNING, {"sam": REFS["sam"]}, seeds=(0, 1))
     text = grid_report.verdict_text(grid_report.read_grid(tmp_path))
     head = "0 of 8 settings complete; 0 with SGD's and SAM's seeds decide (0 held out)."
     assert text == f"{head} No candidate can be judged yet.\n"
+    paths = grid_report.write_grid_report(tmp_path)  # the plots say so rather than fail
+    assert paths["frontier"].stat().st_size > 0 and paths["plot"].stat().st_size > 0
 
 
 def test_without_a_robust_candidate_the_closest_is_named_with_its_worst_setting(bench):
@@ -126,7 +136,10 @@ def test_the_report_files_show_every_setting_and_candidate(bench, capsys):
     assert len(rows) == len(grid.SETTINGS) * len(grid.CANDIDATES)
     mesa = next(r for r in rows if r["setting"] == TUNING and r["candidate"] == "mesa")
     assert mesa["seeds"] == "0" and mesa["final_gap"] == ""
-    assert (bench / "grid" / "gaps.png").stat().st_size > 0
+    assert (bench / "grid" / "gaps.png").stat().st_size > 0 and (
+        bench / "grid" / "frontier.png"
+    ).stat().st_size > 0
+    assert "![frontier](frontier.png)" in text
 
 
 def test_tuning_variants_are_read_against_the_tuning_settings_sam_and_their_own_sgd(bench):

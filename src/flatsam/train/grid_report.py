@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +36,7 @@ class SettingResult:
     seeds: dict[str, int]  # label -> finished seeds (sgd, sam and every candidate, 0 when none)
     verdict: analysis.Verdict | None  # None until SGD and SAM have all their seeds
     promises: dict[str, promise.Promise] = field(default_factory=dict)  # candidate name -> its standing
+    references: dict[str, promise.Promise] = field(default_factory=dict)  # SGD and SAM on the same scales
 
     @property
     def complete(self) -> bool:
@@ -63,7 +65,19 @@ def read_setting(folder: Path, setting: grid.Setting) -> SettingResult:
     ref = analysis.verdict({"sgd": groups["sgd"], "sam": groups["sam"]})
     found = {name: label for name, label in labels.items() if name not in ("sgd", "sam") and seeds[name]}
     standing = {p.label: p for p in promise.promises(groups, ref)}
-    return SettingResult(setting, seeds, ref, {name: standing[label] for name, label in found.items()})
+    return SettingResult(
+        setting, seeds, ref, {name: standing[label] for name, label in found.items()}, references(groups, ref)
+    )
+
+
+def references(groups: dict[str, list[RunRecord]], ref: analysis.Verdict) -> dict[str, promise.Promise]:
+    """SGD and SAM on the candidates' scales: gaps to SAM's means and wall-clock over SGD's."""
+    sam_time = statistics.fmean(r.result["train_time"] for r in groups["sam"]) / ref.sgd_time  # type: ignore[operator]
+    early = None if ref.early_margin is None else -ref.early_margin
+    return {
+        "sgd": promise.Promise("sgd", -ref.margin, early, 1.0),  # type: ignore[operator]
+        "sam": promise.Promise("sam", 0.0, None if early is None else 0.0, sam_time),
+    }
 
 
 def read_grid(root: Path) -> list[SettingResult]:
@@ -307,6 +321,56 @@ def tuning_variants(root: Path) -> str:
     )
 
 
+def plot_frontier(results: Sequence[SettingResult], path: Path) -> Path:
+    """One panel per setting with SGD's and SAM's runs: every method's gap to SAM (points; filled: final,
+    open: early-stopped) against its wall-clock over SGD's — the accuracy-against-time frontier; the
+    promise's corner (≥ −0.5 points at ≤ 1.0× SGD's time) is left of the dashed and above the dotted line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shown = [r for r in results if r.verdict is not None]
+    names = ["sgd", "sam", *(name for name, _ in grid.CANDIDATES)]
+    palette = plt.get_cmap("tab10" if len(names) <= 10 else "tab20").colors
+    colours = {name: palette[i % len(palette)] for i, name in enumerate(names)}
+    columns = max(1, min(4, len(shown)))
+    rows = max(1, -(-len(shown) // columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(3.4 * columns + 1.8, 3.0 * rows), squeeze=False)
+    for ax, r in zip(axes.flat, shown, strict=False):
+        for name, p in (r.references | r.promises).items():
+            ax.plot(p.time_vs_sgd, 100 * p.final_gap, "o", color=colours[name], label=name)
+            if p.early_gap is not None:
+                ax.plot(p.time_vs_sgd, 100 * p.early_gap, "o", mfc="none", color=colours[name])
+                ax.plot(
+                    [p.time_vs_sgd] * 2, [100 * p.final_gap, 100 * p.early_gap], color=colours[name], lw=0.8
+                )
+        ax.axvline(promise.PROMISE_TIME, color="0.4", ls="--", lw=0.8)
+        ax.axhline(-100 * promise.PROMISE_SLACK, color="0.4", ls=":", lw=0.8)
+        ax.set_title(_tick(r).replace("\n", " "), fontsize=8)
+        ax.grid(alpha=0.3)
+    for ax in axes.flat[len(shown) :]:
+        ax.axis("off")
+        if not shown:
+            ax.text(0.5, 0.5, "no setting has all of SGD's and SAM's seeds yet", ha="center", fontsize=9)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("− SAM (points)", fontsize=8)
+    for ax in axes[-1]:
+        ax.set_xlabel("wall-clock ÷ SGD's", fontsize=8)
+    handles = {label: h for ax in axes.flat for h, label in zip(*ax.get_legend_handles_labels(), strict=True)}
+    if handles:
+        fig.legend(handles.values(), handles.keys(), fontsize=7, loc="center right")
+    fig.suptitle(
+        "Gap to SAM against wall-clock, per setting (filled: final, open: early-stopped)", fontsize=9
+    )
+    fig.tight_layout(rect=(0, 0, 1 - 1.6 / (3.4 * columns + 1.8), 1))
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120)
+    plt.close(fig)
+    records.atomic_write(path, lambda f: f.write(buffer.getvalue()))
+    return path
+
+
 def write_grid_report(root: Path, out: Path | None = None) -> dict[str, Path]:
     """Read the grid under ``root`` and write its report into ``out`` (default ``root/grid``)."""
     results = read_grid(root)
@@ -319,6 +383,7 @@ def write_grid_report(root: Path, out: Path | None = None) -> dict[str, Path]:
         "md": out / "results.md",
         "csv": out / "results.csv",
         "plot": plot_gaps(results, out / "gaps.png"),
+        "frontier": plot_frontier(results, out / "frontier.png"),
     }
     text = [
         "# The robust-promise grid: every setting\n\n",
@@ -337,7 +402,7 @@ def write_grid_report(root: Path, out: Path | None = None) -> dict[str, Path]:
         "\nCells: mean final − SAM / mean early-stopped − SAM (points), mean training wall-clock ÷ SGD's "
         "in the same setting; ✓ keeps the promise, ✗ does not; in parentheses where the setting does not "
         "decide; '–' not run yet. Per-seed figures are in each setting's `results.md`.\n\n",
-        "![gaps](gaps.png)\n",
+        "![gaps](gaps.png)\n\n![frontier](frontier.png)\n",
     ]
     records.atomic_write(paths["md"], lambda f: f.write("".join(text).encode()))
     records.atomic_write(paths["csv"], lambda f: f.write(csv_text(results).encode()))
