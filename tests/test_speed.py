@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import statistics
 
 import pytest
 import torch
@@ -51,8 +52,13 @@ def test_every_contender_runs_and_the_report_is_written(tmp_path):
     assert {"ausam / sam", "ausam-0.25 / sam", "ausam / torch-sgd", "sam / hand-sam"} <= set(
         setting["ratios"]
     )
+    # every contender against flatsam's SGD, as the median of per-repeat ratios of the same rounds
+    others = [label for label in rows if label not in ("sgd", "torch-sgd")]
+    assert {f"{label} / sgd" for label in others} <= set(setting["ratios"])
+    paired = [a / b for a, b in zip(rows["sam"]["block_means_s"], rows["sgd"]["block_means_s"], strict=True)]
+    assert setting["ratios"]["sam / sgd"]["median"] == pytest.approx(statistics.median(paired))
     markdown = paths["md"].read_text()
-    assert "## cnn, batch 4" in markdown and "| ausam / sam |" in markdown
+    assert "## cnn, batch 4" in markdown and "| ausam / sam |" in markdown and "| sam / sgd |" in markdown
 
 
 def test_contenders_take_turns_in_blocks(monkeypatch, one_thread):

@@ -395,8 +395,10 @@ def summarise(model_name: str, batch_size: int, timings: dict[str, Timing]) -> d
         ("sam / hand-sam", "sam", HAND_SAM),
         ("sgd / torch-sgd", "sgd", TORCH_SGD),
     ]
+    if "sgd" in timings:  # every other contender against flatsam's SGD, run in the same rounds
+        pairs += [(f"{label} / sgd", label, "sgd") for label in timings if label not in ("sgd", TORCH_SGD)]
     for name, a, b in pairs:
-        if a in timings and b in timings:
+        if a in timings and b in timings and name not in ratios:
             ratios[name] = _paired(timings[a], timings[b])
     if base is not None:
         sgd_step = statistics.median(base.skip_steps)
