@@ -126,3 +126,12 @@ def test_cli_speed_quick_options(tmp_path, capsys):
     assert result["config"]["contenders"] == ["torch-sgd", "ausam"]
     assert result["command"].startswith("flatsam bench --speed")
     assert "ausam / torch-sgd" in capsys.readouterr().out
+
+
+def test_the_timed_epoch_is_inside_every_warm_up_and_trajectory_term():
+    from flatsam.methods import METHODS
+
+    for name in ("saf", "mesa"):  # the KL term is on at epochs > start_epoch (official condition)
+        assert METHODS[name].defaults["start_epoch"].value < speed.TIMED_EPOCH
+    for name in ("ausam", "arsam"):
+        assert METHODS[name].defaults["warmup_epochs"].value <= speed.TIMED_EPOCH

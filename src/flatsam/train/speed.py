@@ -40,8 +40,11 @@ from flatsam.train.loop import resolve_device
 TORCH_SGD, HAND_SAM = "torch-sgd", "hand-sam"
 #: presets whose steps without an ascent are compared with a torch SGD step
 SKIPPING = ("looksam", "aesam", "arsam")
-#: the epoch the timed steps run in: past AUSAM's (1) and ARSAM's (3) warm-up epochs
-TIMED_EPOCH = 5
+#: the epoch the timed steps run in: past AUSAM's (1) and ARSAM's (3) warm-up epochs, and inside SAF's and
+#: MESA's trajectory term (on from epoch 6 at their default start epoch 5; at 5 it was off, so they were
+#: timed as plain SGD). A schedule over the run (``ausam-late``'s kept fraction) is timed at this epoch's
+#: value, not its mean.
+TIMED_EPOCH = 6
 #: the contenders whose steps ``--profile`` breaks down by operator
 PROFILED = (TORCH_SGD, HAND_SAM, "sgd", "sam", "ausam", "ausam-0.25")
 #: epochs and steps the presets are told the run has (AE-SAM's and InfoBatch's schedules need them)
