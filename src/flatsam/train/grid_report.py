@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from flatsam.train import analysis, grid, promise, records
-from flatsam.train.report import RunRecord, escape, find_runs, group
+from flatsam.train.report import RunRecord, escape, find_runs, group, save_png
 
 SEEDS = 3  # every setting's seeds (grid.base: 0, 1, 2)
 
@@ -295,11 +295,7 @@ def plot_gaps(results: Sequence[SettingResult], path: Path) -> Path:
     fig.colorbar(image, ax=ax, label="worse of final / early-stopped − SAM (points)")
     ax.set_title("The grid: gap to SAM where the setting decides (✓: kept, at ≤ 1.0× SGD's time)", fontsize=9)
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=130)
-    plt.close(fig)
-    records.atomic_write(path, lambda f: f.write(buffer.getvalue()))
-    return path
+    return save_png(plt, fig, path)
 
 
 def tuning_variants(root: Path) -> str:
@@ -364,11 +360,7 @@ def plot_frontier(results: Sequence[SettingResult], path: Path) -> Path:
         "Gap to SAM against wall-clock, per setting (filled: final, open: early-stopped)", fontsize=9
     )
     fig.tight_layout(rect=(0, 0, 1 - 1.6 / (3.4 * columns + 1.8), 1))
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=120)
-    plt.close(fig)
-    records.atomic_write(path, lambda f: f.write(buffer.getvalue()))
-    return path
+    return save_png(plt, fig, path, dpi=120)
 
 
 def write_grid_report(root: Path, out: Path | None = None) -> dict[str, Path]:

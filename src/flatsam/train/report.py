@@ -418,10 +418,15 @@ def _finish(plt, fig, ax, path: Path, xlabel: str, ylabel: str, title: str, lege
     if legend:
         ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
+    return save_png(plt, fig, path)
+
+
+def save_png(plt, fig, path: Path, dpi: int = 130) -> Path:
+    """Write ``fig`` to ``path`` as PNG and close it, atomically as every run file is written: a link
+    planted at ``path`` is replaced, its target never written."""
     image = io.BytesIO()
-    fig.savefig(image, format="png", dpi=130)
+    fig.savefig(image, format="png", dpi=dpi)
     plt.close(fig)
-    # written as every run file is: a link planted at ``path`` is replaced, its target never written
     records.atomic_write(path, lambda f: f.write(image.getvalue()))
     return path
 
