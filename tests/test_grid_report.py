@@ -142,14 +142,6 @@ def test_the_report_files_show_every_setting_and_candidate(bench, capsys):
     assert "![frontier](frontier.png)" in text
 
 
-def test_tuning_variants_are_read_against_the_tuning_settings_sam_and_their_own_sgd(bench):
-    runs(bench, "grid-tuning", {"sgd": (0.80, 0.81, 11.0)})
-    for seed in range(3):
-        fabricate(bench / "grid-tuning" / "runs", "ausam-mix-l25-38ep", seed, 0.849, 0.849, 10.0)
-    text = grid_report.tuning_variants(bench)
-    assert "| ausam-mix-l25-38ep | -0.10 | -0.10 | 0.91 | yes |" in text
-
-
 def test_a_folder_without_grid_runs_is_refused(tmp_path):
     with pytest.raises(FileNotFoundError, match="no finished grid runs"):
         grid_report.write_grid_report(tmp_path)

@@ -298,25 +298,6 @@ def plot_gaps(results: Sequence[SettingResult], path: Path) -> Path:
     return save_png(plt, fig, path)
 
 
-def tuning_variants(root: Path) -> str:
-    """Markdown: the tuning variants (``root/grid-tuning``) against the tuning setting's SAM and their own
-    folder's SGD (run side by side with them); empty until both have every seed."""
-    setting = next(s for s in grid.SETTINGS if s.tuning)
-    try:
-        variants = group(find_runs([root / "grid-tuning" / "runs"]))
-        refs = group(find_runs([root / setting.name / "runs"]))
-    except FileNotFoundError:
-        return ""
-    if len(variants.get("sgd", [])) < SEEDS or len(refs.get("sam", [])) < SEEDS:
-        return ""
-    ref = analysis.verdict({"sgd": variants["sgd"], "sam": refs["sam"]})
-    complete = {label: runs for label, runs in variants.items() if len(runs) == SEEDS}
-    return (
-        "\n## Tuning variants (`grid-tuning/`, beside their own SGD; SAM from the tuning setting)\n\n"
-        + promise.promise_table(promise.promises(complete, ref))
-    )
-
-
 def plot_frontier(results: Sequence[SettingResult], path: Path) -> Path:
     """One panel per setting with SGD's and SAM's runs: every method's gap to SAM (points; filled: final,
     open: early-stopped) against its wall-clock over SGD's — the accuracy-against-time frontier; the
@@ -388,7 +369,6 @@ def write_grid_report(root: Path, out: Path | None = None) -> dict[str, Path]:
         standings_table(standings(results, held_out=True)),
         "\n## The tuning setting\n\n",
         standings_table(standings(results, held_out=False)),
-        tuning_variants(root),
         "\n## Every candidate in every setting\n\n",
         matrix_table(results),
         "\nCells: mean final − SAM / mean early-stopped − SAM (points), mean training wall-clock ÷ SGD's "
