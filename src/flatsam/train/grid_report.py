@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from flatsam.train import analysis, grid, promise, records
-from flatsam.train.report import RunRecord, escape, find_runs, group, save_png
+from flatsam.train.report import RunRecord, escape, find_runs, group, md_table, save_png
 
 SEEDS = 3  # every setting's seeds (grid.base: 0, 1, 2)
 
@@ -134,68 +134,57 @@ def _points(value: float | None) -> str:
 
 def settings_table(results: Sequence[SettingResult]) -> str:
     """Markdown: each setting's role, finished seeds and whether it decides."""
-    lines = [
-        "| setting | role | runs finished | SAM − SGD early-stopped (points) | 3 × larger seed std "
-        "| decides |",
-        "|---|---|---|---|---|---|",
-    ]
-    for r in results:
-        done = sum(r.seeds.values())
+
+    def cells(r: SettingResult) -> list[str]:
         v = r.verdict
         std = None if v is None or v.early_std is None else 3 * v.early_std
-        state = "–" if v is None else ("yes" if r.decides else "no")
-        cells = [
+        return [
             r.setting.name,
             "tuning" if r.setting.tuning else "held out",
-            f"{done} of {SEEDS * len(r.seeds)}",
+            f"{sum(r.seeds.values())} of {SEEDS * len(r.seeds)}",
             _points(None if v is None else v.early_margin),
             "–" if std is None else f"{100 * std:.2f}",
-            state,
+            "–" if v is None else ("yes" if r.decides else "no"),
         ]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+
+    columns = ["setting", "role", "runs finished", "SAM − SGD early-stopped (points)", "3 × larger seed std"]
+    return md_table([*columns, "decides"], map(cells, results))
 
 
 def matrix_table(results: Sequence[SettingResult]) -> str:
     """Markdown: candidates × settings, each cell "final / early-stopped gap, time ÷ SGD's" and whether
     it keeps the promise (✓) or not (✗); settings that do not decide are in parentheses."""
-    header = "| candidate | " + " | ".join(f"`{r.setting.name}`" for r in results) + " |"
-    lines = [header, "|---" * (len(results) + 1) + "|"]
-    for name, _ in grid.CANDIDATES:
-        cells = []
-        for r in results:
-            p = r.promises.get(name)
-            if p is None:
-                cells.append("–")
-                continue
-            text = f"{_points(p.final_gap)} / {_points(p.early_gap)}, {p.time_vs_sgd:.2f}×"
-            partial = "" if r.seeds[name] == SEEDS else f" ({r.seeds[name]} seeds)"
-            mark = " ✓" if p.holds else " ✗"
-            cells.append(f"{text}{mark}{partial}" if r.decides else f"({text}){partial}")
-        lines.append(f"| {escape(name)} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+
+    def cell(name: str, r: SettingResult) -> str:
+        p = r.promises.get(name)
+        if p is None:
+            return "–"
+        text = f"{_points(p.final_gap)} / {_points(p.early_gap)}, {p.time_vs_sgd:.2f}×"
+        partial = "" if r.seeds[name] == SEEDS else f" ({r.seeds[name]} seeds)"
+        return f"{text}{' ✓' if p.holds else ' ✗'}{partial}" if r.decides else f"({text}){partial}"
+
+    columns = ["candidate", *(f"`{r.setting.name}`" for r in results)]
+    return md_table(
+        columns, ([escape(name), *(cell(name, r) for r in results)] for name, _ in grid.CANDIDATES)
+    )
 
 
 def standings_table(rows: Sequence[Standing]) -> str:
     """Markdown: each candidate's deciding settings kept and missed, its worst gap and slowest ratio."""
-    lines = [
-        "| candidate | kept in | missed in | not all seeds yet | worst gap to SAM (points) | where "
-        "| slowest ÷ SGD |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for s in rows:
+
+    def cells(s: Standing) -> list[str]:
         where, gap = s.worst if s.worst else ("–", None)
-        cells = [
+        counts = [str(len(s.kept)), str(len(s.missed)), str(len(s.pending))]
+        return [
             escape(s.name),
-            str(len(s.kept)),
-            str(len(s.missed)),
-            str(len(s.pending)),
+            *counts,
             _points(gap),
             where,
             "–" if s.slowest is None else f"{s.slowest:.2f}",
         ]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+
+    columns = ["candidate", "kept in", "missed in", "not all seeds yet", "worst gap to SAM (points)", "where"]
+    return md_table([*columns, "slowest ÷ SGD"], map(cells, rows))
 
 
 def verdict_text(results: Sequence[SettingResult]) -> str:

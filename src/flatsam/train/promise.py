@@ -57,26 +57,21 @@ def early_point(runs: Sequence[analysis.Run]) -> tuple[float, float] | None:
 
 def seed_table(groups: dict[str, Sequence[analysis.Run]]) -> str:
     """Markdown: one line per run — final and early-stopped test accuracy, best-validation epoch, time."""
-    from flatsam.train.report import escape
+    from flatsam.train.report import escape, md_table
 
-    lines = [
-        "| method | seed | final acc % | early-stopped acc % | best-val epoch | train time s |",
-        "|---|---|---|---|---|---|",
-    ]
-    for label, runs in groups.items():
-        for run in runs:
-            r = run.result
-            epoch = r.get("best_val_epoch")
-            cells = [
-                escape(label),
-                str(r["seed"]),
-                _cell(r["final_test_acc"]),
-                _cell(r.get("early_stopped_test_acc")),
-                "–" if epoch is None else str(epoch),
-                f"{r['train_time']:.1f}",
-            ]
-            lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    def cells(label: str, r: dict) -> list[str]:
+        epoch = r.get("best_val_epoch")
+        return [
+            escape(label),
+            str(r["seed"]),
+            _cell(r["final_test_acc"]),
+            _cell(r.get("early_stopped_test_acc")),
+            "–" if epoch is None else str(epoch),
+            f"{r['train_time']:.1f}",
+        ]
+
+    columns = ["method", "seed", "final acc %", "early-stopped acc %", "best-val epoch", "train time s"]
+    return md_table(columns, (cells(label, run.result) for label, runs in groups.items() for run in runs))
 
 
 @dataclass
@@ -119,24 +114,28 @@ def promises(groups: dict[str, Sequence[analysis.Run]], ref: analysis.Verdict) -
 
 def promise_table(rows: Sequence[Promise]) -> str:
     """Markdown: each method's gaps to SAM and time over SGD's, and whether it keeps the promise."""
-    lines = [
-        "| method | final − SAM (points) | early-stopped − SAM (points) | wall-clock ÷ SGD's "
-        "| keeps the promise |",
-        "|---|---|---|---|---|",
-    ]
-    from flatsam.train.report import escape
+    from flatsam.train.report import escape, md_table
 
-    for p in rows:
-        early = "–" if p.early_gap is None else f"{100 * p.early_gap:+.2f}"
-        cells = [
-            escape(p.label),
-            f"{100 * p.final_gap:+.2f}",
-            early,
-            f"{p.time_vs_sgd:.2f}",
-            "yes" if p.holds else "no",
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    columns = [
+        "method",
+        "final − SAM (points)",
+        "early-stopped − SAM (points)",
+        "wall-clock ÷ SGD's",
+        "keeps the promise",
+    ]
+    return md_table(
+        columns,
+        (
+            [
+                escape(p.label),
+                f"{100 * p.final_gap:+.2f}",
+                "–" if p.early_gap is None else f"{100 * p.early_gap:+.2f}",
+                f"{p.time_vs_sgd:.2f}",
+                "yes" if p.holds else "no",
+            ]
+            for p in rows
+        ),
+    )
 
 
 def section(groups: dict[str, Sequence[analysis.Run]], ref: analysis.Verdict) -> str:

@@ -185,6 +185,13 @@ def escape(text: Any) -> str:
     return value.replace("|", "\\|").replace("`", "\\`")
 
 
+def md_table(columns: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+    """A Markdown table: the header ``columns``, its rule and one line per row of cells (already text)."""
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cells) + " |" for cells in rows]
+    return "\n".join(lines) + "\n"
+
+
 @dataclass
 class Summary:
     """One table row: a method (label) over its seeds."""
@@ -290,22 +297,22 @@ COLUMNS = [
 
 
 def markdown_table(rows: Sequence[Summary]) -> str:
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    for r in rows:
-        cells = [
-            escape(r.label),
-            str(r.seeds),
-            f"{100 * r.acc_mean:.2f} ± {100 * r.acc_std:.2f}",
-            "–" if r.early_mean is None else f"{100 * r.early_mean:.2f} ± {100 * (r.early_std or 0):.2f}",
-            f"{100 * r.best_mean:.2f}",
-            f"{r.time_mean:.1f}",
-            _ratio(r.speedup_vs_sam),
-            _ratio(r.speedup_vs_sgd),
-            f"{r.cost_mean:.2f}",
-            f"{r.ascent_fraction:.2f}",
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    return md_table(COLUMNS, map(_summary_cells, rows))
+
+
+def _summary_cells(r: Summary) -> list[str]:
+    return [
+        escape(r.label),
+        str(r.seeds),
+        f"{100 * r.acc_mean:.2f} ± {100 * r.acc_std:.2f}",
+        "–" if r.early_mean is None else f"{100 * r.early_mean:.2f} ± {100 * (r.early_std or 0):.2f}",
+        f"{100 * r.best_mean:.2f}",
+        f"{r.time_mean:.1f}",
+        _ratio(r.speedup_vs_sam),
+        _ratio(r.speedup_vs_sgd),
+        f"{r.cost_mean:.2f}",
+        f"{r.ascent_fraction:.2f}",
+    ]
 
 
 BUDGET_COLUMNS = [
@@ -324,22 +331,22 @@ def _percent(value: float | None) -> str:
 
 def budget_table(rows: Sequence[analysis.Budgeted]) -> str:
     """Markdown: convergence drift and the equal-budget view of every method."""
-    lines = ["| " + " | ".join(BUDGET_COLUMNS) + " |", "|" + "---|" * len(BUDGET_COLUMNS)]
-    for r in rows:
-        if r.time_to_target is not None:
-            reach = f"{r.time_to_target:.1f}"
-        else:
-            reach = f"not reached ({r.reached}/{r.seeds} seeds)"
-        cells = [
-            escape(r.label),
-            _percent(r.drift_max),
-            "–" if r.budget_vs_sgd is None else f"{r.budget_vs_sgd:.2f}",
-            _percent(r.acc_at_sgd_time),
-            _percent(r.acc_at_sgd_cost),
-            reach,
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    return md_table(BUDGET_COLUMNS, map(_budget_cells, rows))
+
+
+def _budget_cells(r: analysis.Budgeted) -> list[str]:
+    if r.time_to_target is not None:
+        reach = f"{r.time_to_target:.1f}"
+    else:
+        reach = f"not reached ({r.reached}/{r.seeds} seeds)"
+    return [
+        escape(r.label),
+        _percent(r.drift_max),
+        "–" if r.budget_vs_sgd is None else f"{r.budget_vs_sgd:.2f}",
+        _percent(r.acc_at_sgd_time),
+        _percent(r.acc_at_sgd_cost),
+        reach,
+    ]
 
 
 def verdict_lines(ref: analysis.Verdict, rows: Sequence[analysis.Budgeted]) -> str:
