@@ -173,6 +173,26 @@ def test_bad_input_raises():
         opt.add_trajectory_loss(torch.zeros(4), torch.zeros(4, 3, 2), torch.arange(4))
 
 
+@pytest.mark.parametrize(("method", "advice"), [("saf", r"index\[rows\]\)"), ("mesa", r"inputs=x\[rows\]")])
+def test_a_step_without_the_term_is_refused_before_the_update(method, advice):
+    """A closure (or a two-step loop) that never calls add_trajectory_loss would train plain SGD under
+    SAF's or MESA's name: the first step fails with the call to make, and the weights have not moved."""
+    x, y = toy_data()
+    model = tiny_mlp()
+    before = [p.detach().clone() for p in model.parameters()]
+    opt = build_method(method, model.parameters(), model=model, num_samples=len(x), lr=LR)
+    idx = torch.arange(6)
+    with pytest.raises(RuntimeError, match=advice):
+        opt.step(lambda rows: F.cross_entropy(model(x[idx[rows]]), y[idx[rows]], reduction="none"), index=idx)
+    F.cross_entropy(model(x[idx]), y[idx]).backward()
+    with pytest.raises(RuntimeError, match="did not go through opt.add_trajectory_loss"):
+        opt.step(lambda: None)  # davda54/sam's style: no ascent, so the closure is not called
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), before, strict=True))
+    opt.zero_grad()
+    opt.step(closure(opt, model, x, y, idx), index=idx)  # with the term, the same optimizer steps
+    assert not all(torch.equal(a, b) for a, b in zip(model.parameters(), before, strict=True))
+
+
 def test_history_keeps_a_row_whose_logits_are_not_finite():
     table = OutputHistory(4, lag_epochs=1, start_epoch=0)
     table.losses(torch.zeros(2), torch.tensor([[1.0, 2.0], [3.0, 4.0]]), torch.tensor([0, 1]))

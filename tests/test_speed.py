@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import statistics
 
@@ -135,3 +136,21 @@ def test_the_timed_epoch_is_inside_every_warm_up_and_trajectory_term():
         assert METHODS[name].defaults["start_epoch"].value < speed.TIMED_EPOCH
     for name in ("ausam", "arsam"):
         assert METHODS[name].defaults["warmup_epochs"].value <= speed.TIMED_EPOCH
+
+
+def test_saf_and_mesa_are_timed_with_their_trajectory_term():
+    """The step benchmark's closure adds the term, so MESA's timed steps run its EMA forward and SAF's
+    write its logit table (before, both were timed as plain SGD steps)."""
+    torch.manual_seed(0)
+    model = build_model("cnn", 3, 10)
+    x, y, index = torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,)), torch.tensor([3, 0, 6, 1])
+    mesa = speed.make_contender("mesa", copy.deepcopy(model), num_samples=8, steps_per_epoch=2)
+    ema_calls = []
+    mesa.optimizer.trajectory.module.register_forward_hook(lambda *_: ema_calls.append(1))
+    saf = speed.make_contender("saf", copy.deepcopy(model), num_samples=8, steps_per_epoch=2)
+    for contender in (mesa, saf):
+        contender.set_epoch(speed.TIMED_EPOCH)
+        contender.step(x, y, index)
+    assert ema_calls == [1]
+    written = saf.optimizer.trajectory.history[:, speed.TIMED_EPOCH % 4].abs().sum(dim=1) > 0
+    assert written.nonzero().flatten().tolist() == [0, 1, 3, 6]

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from flatsam.component import Component
+from flatsam.component import Component, Outcome, StepContext
 from flatsam.distributed import gather_rows
 from flatsam.engine import SharpnessAware, StepInfo
 from flatsam.methods.registry import BaseOptimizer, Default, MethodInfo, register, resolve_device
@@ -45,7 +45,15 @@ def _check_epoch(name: str, value: Any, low: int) -> int:
 
 class TrajectoryLoss(Component):
     """The trajectory term λ·τ²·KL(softmax(z_ref/τ) ‖ softmax(z/τ)) added to each sample's loss in the
-    epochs E_start < e < E_end (the official condition, both strict); ``reference`` gives z_ref."""
+    epochs E_start < e < E_end (the official condition, both strict); ``reference`` gives z_ref.
+
+    A step whose losses did not go through ``losses`` (a closure that does not call
+    ``opt.add_trajectory_loss``) is refused before the base optimizer moves: it would be a plain step of
+    the base optimizer, a silently different method."""
+
+    #: the method's class name and the call that adds its term, for the refusal's advice
+    method: str
+    call: str
 
     def __init__(self, lam: float, tau: float, start_epoch: int, end_epoch: int | None) -> None:
         self.lam = _check_number("lam", lam, 0.0)
@@ -55,6 +63,7 @@ class TrajectoryLoss(Component):
             raise ValueError(f"end_epoch must be > start_epoch ({start_epoch}) or None, got {end_epoch}")
         self.end_epoch = end_epoch
         self.epoch = 0
+        self._added = False  # whether the current step's losses went through ``losses``
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -81,10 +90,21 @@ class TrajectoryLoss(Component):
                 f"the trajectory loss needs class logits of shape [rows, classes] matching the {len(losses)} "
                 f"per-sample losses, got shape {tuple(logits.shape)}"
             )
+        self._added = True
         reference = self.reference(logits, index, inputs)
         if reference is None:
             return losses
         return losses + self.lam * trajectory_kl(logits, reference, self.tau).to(losses)
+
+    def record(self, ctx: StepContext, outcome: Outcome) -> None:
+        """Refuse a step whose losses never went through ``losses`` (before the base optimizer steps)."""
+        added, self._added = self._added, False
+        if not added:
+            raise RuntimeError(
+                f"{self.method}: this step's per-sample losses did not go through opt.add_trajectory_loss, "
+                f"so it would be a plain step of the base optimizer; in the closure, return {self.call} "
+                f"(logits with their graph; flatsam.{self.method}'s docstring shows the loop)"
+            )
 
     def extra_repr(self) -> str:
         return f"lam={self.lam}, tau={self.tau}, start_epoch={self.start_epoch}, end_epoch={self.end_epoch}"
@@ -103,7 +123,8 @@ class OutputHistory(TrajectoryLoss):
     """
 
     state_fields = ("history", "epoch")
-    skip_on_device = True  # record() is a no-op: the table is written in the closure, as officially
+    skip_on_device = True  # record() changes no state: the table is written in the closure, as officially
+    method, call = "SAF", "opt.add_trajectory_loss(losses, logits, index[rows])"
 
     def __init__(
         self,
@@ -166,6 +187,7 @@ class EMAReference(TrajectoryLoss):
 
     state_fields = ("epoch",)
     skip_on_device = True
+    method, call = "MESA", "opt.add_trajectory_loss(losses, logits, inputs=x[rows])"
 
     def __init__(
         self,

@@ -150,7 +150,8 @@ class HandSAM(TorchSGD):
 
 
 class Flatsam:
-    """A registered preset, stepped with the per-sample-loss closure of the user contract."""
+    """A registered preset, stepped with the per-sample-loss closure of the user contract (with SAF's and
+    MESA's trajectory term added, as ``flatsam train`` does: without it they would refuse the step)."""
 
     def __init__(self, spec: MethodSpec, model: nn.Module, num_samples: int, steps_per_epoch: int) -> None:
         self.model = model
@@ -173,10 +174,16 @@ class Flatsam:
         self.optimizer.set_epoch(epoch)
 
     def step(self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor) -> bool:
-        model = self.model
-        info = self.optimizer.step(
-            lambda rows: F.cross_entropy(model(x[rows]), y[rows], reduction="none"), index=index
-        )
+        model, trajectory = self.model, getattr(self.optimizer, "add_trajectory_loss", None)
+
+        def losses(rows: torch.Tensor | slice) -> torch.Tensor:
+            logits = model(x[rows])
+            per_sample = F.cross_entropy(logits, y[rows], reduction="none")
+            if trajectory is None:
+                return per_sample
+            return trajectory(per_sample, logits, index[rows], x[rows])  # SAF, MESA: rows is every row
+
+        info = self.optimizer.step(losses, index=index)
         return info.ran_ascent  # known on the host: reading `ascent` would wait for the step on a GPU
 
 
