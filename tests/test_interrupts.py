@@ -3,6 +3,7 @@ a resume, ends exactly where an uninterrupted run ends (weights, buffers, optimi
 
 from __future__ import annotations
 
+import itertools
 import os
 import random
 import signal
@@ -278,3 +279,25 @@ def test_repeated_ctrl_c_prints_no_traceback(tmp_path):
     err = proc.stderr.read().decode()
     assert proc.returncode == 130, err
     assert "Traceback" not in err and "Exception ignored" not in err, err
+
+
+def test_cpu_time_is_recorded_and_unknown_after_a_checkpoint_without_it(straight, tmp_path):
+    """``train_cpu_time`` (process CPU seconds over the timed span) is in every epoch row and the result; a
+    run resumed from a checkpoint written before it existed reports it as unknown (null), not a part."""
+    result = records.read_json(straight / records.RESULT)
+    rows = records.read_jsonl(straight / records.METRICS)
+    assert result["train_cpu_time"] > 0 and result["train_cpu_time"] == rows[-1]["train_cpu_time"]
+    assert all(a["train_cpu_time"] < b["train_cpu_time"] for a, b in itertools.pairwise(rows))
+    config = tiny(tmp_path / "old")
+    with pytest.raises(Interrupted):
+        Run(config, progress=False).run(interrupt_at=(1, 2))
+    path = tmp_path / "old" / records.CHECKPOINT
+    state = records.load_checkpoint(path)
+    for key in ("totals", "epoch_totals"):
+        del state[key]["cpu_time"]  # as 0.1.0 wrote them
+    records.save_checkpoint(path, state)
+    Run(config, progress=False, resume=True).run()
+    assert records.read_json(tmp_path / "old" / records.RESULT)["train_cpu_time"] is None
+    rows = records.read_jsonl(tmp_path / "old" / records.METRICS)
+    assert rows[0]["train_cpu_time"] > 0 and [r["train_cpu_time"] for r in rows[1:]] == [None] * (len(rows) - 1)
+    assert_same_end(tmp_path / "old", straight)  # the model does not depend on it

@@ -490,6 +490,7 @@ class Run:
             **tested,
             "epoch_time": e.train_time,
             "train_time": self.totals.train_time,
+            "train_cpu_time": self.totals.cpu_time,  # NaN (null): resumed from a checkpoint without it
             "forward_samples": self.totals.forward_samples,
             "backward_samples": self.totals.backward_samples,
             "samples": self.totals.samples,
@@ -587,7 +588,7 @@ class Run:
         s, cfg = self.setup, self.config
         while self.epoch < cfg.epochs:
             s.optimizer.set_epoch(self.epoch)
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             try:
                 while self.batch < self._batches(self.epoch):
                     if interrupt_at == (self.epoch, self.batch):
@@ -602,6 +603,7 @@ class Run:
             finally:
                 self._sync()
                 self.epoch_totals.train_time += time.perf_counter() - start
+                self.epoch_totals.cpu_time += time.process_time() - cpu_start
             row = self._finish_epoch(self.epoch)
             if self.epoch_lines and self.main:
                 tqdm.write(epoch_line(row, cfg.epochs))
@@ -638,6 +640,7 @@ class Run:
                 if k.startswith("test_") and k not in ("test_loss", "test_acc")
             },
             "train_time": t.train_time,
+            "train_cpu_time": t.cpu_time,
             "cost": t.cost,
             "steps": t.steps,
             "skipped_steps": t.skipped,

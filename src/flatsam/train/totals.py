@@ -16,8 +16,10 @@ from typing import Any
 from flatsam.engine import StepInfo
 
 
-def _counter(default: int | float, *, cumulative: bool, summed: bool) -> Any:
-    return field(default=default, metadata={"cumulative": cumulative, "summed": summed})
+def _counter(default: int | float, *, cumulative: bool, summed: bool, added: bool = False) -> Any:
+    """A counter field; ``added``: one newer than some checkpoints, read from them as NaN (unknown), so a
+    run resumed from one reports it as unknown (``null``) rather than a partial count."""
+    return field(default=default, metadata={"cumulative": cumulative, "summed": summed, "added": added})
 
 
 @dataclass
@@ -31,6 +33,9 @@ class Totals:
     forward_samples: int = _counter(0, cumulative=True, summed=True)
     backward_samples: int = _counter(0, cumulative=True, summed=True)
     train_time: float = _counter(0.0, cumulative=True, summed=False)
+    # CPU seconds of this process over the same span as train_time (time.process_time): on one thread, the
+    # wall-clock the run would take on a core of its own, whatever else shares the machine
+    cpu_time: float = _counter(0.0, cumulative=True, summed=False, added=True)
     # per-sample losses, accuracy and rows of the steps' first forwards (epoch figures only)
     loss_sum: float = _counter(0.0, cumulative=False, summed=True)
     correct: int = _counter(0, cumulative=False, summed=True)
@@ -68,9 +73,15 @@ class Totals:
         unknown = sorted(set(values) - set(fields), key=str)
         if unknown:
             raise ValueError(f"{where} has unknown counters {unknown}")
+        values = {
+            **{name: math.nan for name, f in fields.items() if f.metadata["added"] and name not in values},
+            **values,
+        }
         for name, value in values.items():
             kind = (int,) if fields[name].type == "int" else (int, float)
             good = isinstance(value, kind) and not isinstance(value, bool)
+            if good and fields[name].metadata["added"] and math.isnan(value):
+                continue
             if not good or not math.isfinite(value) or value < 0:
                 kind_name = fields[name].type
                 raise ValueError(f"{where}.{name} must be a finite number >= 0 ({kind_name}), got {value!r}")
