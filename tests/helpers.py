@@ -245,23 +245,30 @@ def ascent_outcome(clean: list, descent: list, found_inf: torch.Tensor | None = 
     )
 
 
-def fabricate(root, label: str, seed: int, final: float, early: float | None, time: float) -> None:
+def fabricate(
+    root, label: str, seed: int, final: float, early: float | None, time: float, cpu: float | None = None
+) -> None:
     """A finished run folder ``root/LABEL-sSEED`` with two epochs (early-stopped at the first); SGD and
-    SAM under their names, any other label as an AUSAM run."""
+    SAM under their names, any other label as an AUSAM run; with ``cpu``, a one-thread CPU run that
+    recorded ``cpu`` seconds of CPU time beside its ``time`` of wall-clock."""
     folder = root / f"{label}-s{seed}"
     folder.mkdir(parents=True)
     config = {
         "method": label if label in ("sgd", "sam") else "ausam",
         "method_options": {},
         "val_fraction": 0.1,
+        "threads": None if cpu is None else 1,
     }
-    records.write_json(folder / records.CONFIG, {"config": config, "environment": {}})
+    environment = {} if cpu is None else {"device": "cpu"}
+    records.write_json(folder / records.CONFIG, {"config": config, "environment": environment})
     rows = [
         {"epoch": 0, "train_time": time / 2, "forward_samples": 100, "backward_samples": 100,
          "test_acc": early, "val_acc": 0.6},
         {"epoch": 1, "train_time": time, "forward_samples": 200, "backward_samples": 200,
          "test_acc": final, "val_acc": 0.5},
     ]  # fmt: skip
+    if cpu is not None:
+        rows[0]["train_cpu_time"], rows[1]["train_cpu_time"] = cpu / 2, cpu
     records.write_jsonl(folder / records.METRICS, rows)
     result = {
         "method": config["method"],
@@ -271,6 +278,7 @@ def fabricate(root, label: str, seed: int, final: float, early: float | None, ti
         "final_test_acc": final,
         "best_test_acc": max(final, early or 0),
         "train_time": time,
+        **({} if cpu is None else {"train_cpu_time": cpu}),
         "cost": 1.0,
         "ascent_fraction": 0.0,
         **({} if early is None else {"early_stopped_test_acc": early, "best_val_epoch": 0}),

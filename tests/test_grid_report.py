@@ -146,3 +146,23 @@ def test_a_folder_without_grid_runs_is_refused(tmp_path):
     with pytest.raises(FileNotFoundError, match="no finished grid runs"):
         grid_report.write_grid_report(tmp_path)
     assert main(["report", "--grid", str(tmp_path), str(tmp_path)]) == 2
+
+
+def test_a_setting_is_timed_on_cpu_time_only_where_every_run_recorded_it(tmp_path):
+    """One-thread CPU runs compare CPU seconds (a loaded machine inflates wall-clock, here SGD's runs by
+    half); a single run without CPU time puts the whole setting back on wall-clock."""
+    root = tmp_path / HELD / "runs"
+    table = {"sgd": (0.80, 0.81, 15.0, 10.0), "sam": (0.85, 0.85, 20.0, 20.0)}
+    table["ausam-halfrho-38ep"] = (0.849, 0.849, 10.0, 10.5)
+    for label, (final, early, wall, cpu) in table.items():
+        for seed in range(3):
+            fabricate(root, label, seed, final + 0.001 * seed, early + 0.001 * seed, wall, cpu)
+    result = {r.setting.name: r for r in grid_report.read_grid(tmp_path)}[HELD]
+    assert result.verdict.clock == "train_cpu_time"
+    assert result.promises["ausam-halfrho"].time_vs_sgd == pytest.approx(1.05)
+    assert not result.promises["ausam-halfrho"].holds  # on wall-clock it would be 0.67x and kept
+    assert "CPU time (one thread)" in grid_report.settings_table([result])
+    fabricate(root, "uniform-halfrho-38ep", 0, 0.85, 0.85, 10.0)  # no CPU time recorded
+    result = {r.setting.name: r for r in grid_report.read_grid(tmp_path)}[HELD]
+    assert result.verdict.clock == "train_time"
+    assert result.promises["ausam-halfrho"].time_vs_sgd == pytest.approx(10 / 15)

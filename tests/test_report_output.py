@@ -9,7 +9,7 @@ import pytest
 
 from flatsam.cli import main
 from flatsam.train import Run, records, report
-from helpers import tiny_run_config
+from helpers import fabricate, tiny_run_config
 
 
 @pytest.fixture(scope="module")
@@ -69,3 +69,15 @@ def test_plot_titles_say_one_seed(runs, tmp_path, monkeypatch):
 def test_seeds_phrase():
     assert report.seeds_phrase([1, 1], ", x") == "1 seed"
     assert report.seeds_phrase([3, 1], ", x") == "mean over 1–3 seeds, x"
+
+
+def test_a_suite_of_one_thread_cpu_runs_reports_cpu_time(tmp_path):
+    """Speedups, the time plot and the promise table read CPU time where every run recorded it."""
+    for label, wall, cpu in (("sgd", 30.0, 10.0), ("sam", 40.0, 20.0), ("ausam", 30.0, 12.0)):
+        for seed in range(2):
+            fabricate(tmp_path / "runs", label, seed, 0.8 + 0.01 * seed, 0.8, wall, cpu)
+    rows = {row.label: row for row in report.summarize(report.find_runs([tmp_path / "runs"]))}
+    assert rows["ausam"].time_mean == 12.0 and rows["ausam"].speedup_vs_sam == pytest.approx(20 / 12)
+    report.write_report(report.find_runs([tmp_path / "runs"]), tmp_path / "out")
+    text = (tmp_path / "out" / "results.md").read_text()
+    assert "mean training CPU time (one thread)" in text and "| CPU time (one thread) ÷ SGD's |" in text

@@ -1,6 +1,10 @@
 """What a set of benchmark runs can decide: convergence, SAM's margin over SGD, accuracy at equal
 budgets (SGD's wall-clock, SGD's effective cost) and time to SAM's accuracy.
 
+Times are read on one clock per set of runs (:func:`clock`): the process CPU time where every run
+trained on one CPU thread and recorded it, which is that run's wall-clock on a core of its own whatever
+else loaded the machine meanwhile; else the wall-clock.
+
 Every figure comes from the per-epoch records (``metrics.jsonl``) of finished runs. An accuracy "at a
 budget" is read off the run's curve of test accuracy against cumulative training time (or effective
 cost) by linear interpolation between evaluated epochs; a run that finished within the budget counts
@@ -13,7 +17,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -33,11 +37,40 @@ DECIDES_STDS = 3.0
 
 
 class Run(Protocol):
-    """What the analysis needs of a run (``flatsam.train.report.RunRecord`` has it)."""
+    """What the analysis needs of a run (``flatsam.train.report.RunRecord`` has it, and also ``config``
+    and ``environment``, which :func:`clock` and :func:`reference_label` read where present)."""
 
     label: str
     result: dict[str, Any]
     metrics: list[dict[str, Any]]
+
+
+#: the two clocks a run records: training wall-clock, and the process CPU time over the same span
+WALL, CPU = "train_time", "train_cpu_time"
+
+
+def _one_thread_cpu_timed(run: Run) -> bool:
+    """The run trained on one CPU thread and recorded its CPU time for every epoch."""
+    config, environment = getattr(run, "config", {}) or {}, getattr(run, "environment", {}) or {}
+    return (
+        config.get("threads") == 1
+        and environment.get("device") == "cpu"
+        and run.result.get(CPU) is not None
+        and all(row.get(CPU) is not None for row in run.metrics)
+    )
+
+
+def clock(runs: Iterable[Run]) -> str:
+    """The clock to compare ``runs`` on: ``CPU`` where every one of them is one-thread CPU-timed
+    (one thread's CPU seconds are its wall-clock on a free core, unaffected by other processes taking
+    turns on the cores), else ``WALL``."""
+    runs = list(runs)
+    return CPU if runs and all(map(_one_thread_cpu_timed, runs)) else WALL
+
+
+def clock_name(key: str) -> str:
+    """How reports name a clock."""
+    return "CPU time (one thread)" if key == CPU else "wall-clock"
 
 
 def evaluated(run: Run) -> list[dict[str, Any]]:
@@ -93,9 +126,10 @@ def value_at(run: Run, x: Callable[[dict[str, Any]], float], budget: float) -> f
     return points[-1][1]
 
 
-def time_to(run: Run, target: float) -> float | None:
-    """Training wall-clock at the first evaluated epoch with test accuracy ≥ ``target`` (else ``None``)."""
-    return next((row["train_time"] for row in evaluated(run) if row["test_acc"] >= target), None)
+def time_to(run: Run, target: float, key: str = WALL) -> float | None:
+    """Training time on clock ``key`` at the first evaluated epoch with test accuracy ≥ ``target`` (else
+    ``None``)."""
+    return next((row[key] for row in evaluated(run) if row["test_acc"] >= target), None)
 
 
 def _mean(values: Sequence[float]) -> float | None:
@@ -131,7 +165,8 @@ class Verdict:
     margin: float | None = None
     margin_needed: float | None = None
     target: float | None = None
-    sgd_time: float | None = None
+    sgd_time: float | None = None  # on ``clock``
+    clock: str = WALL  # the key of the time every comparison with these references reads
     sgd_effective: float | None = None
     sam_early: float | None = None  # mean early-stopped test accuracy (runs with a validation split)
     sgd_early: float | None = None
@@ -172,19 +207,21 @@ def reference_label(groups: dict[str, Sequence[Run]], method: str) -> str | None
     return plain[0] if len(plain) == 1 else None
 
 
-def verdict(groups: dict[str, Sequence[Run]]) -> Verdict:
+def verdict(groups: dict[str, Sequence[Run]], key: str | None = None) -> Verdict:
     """SAM's margin over SGD (mean final accuracy), the margin a decision needs (the larger of
     ``MARGIN_MIN`` and ``MARGIN_STDS`` × the larger seed std; undefined with one seed), the target
-    (SAM − ``TARGET_SLACK``) and SGD's budgets (mean training time, mean effective samples)."""
+    (SAM − ``TARGET_SLACK``) and SGD's budgets (mean training time on clock ``key``, by default the
+    :func:`clock` of every run in ``groups``, and mean effective samples)."""
     sam, sgd = reference_label(groups, "sam"), reference_label(groups, "sgd")
-    out = Verdict(sam, sgd)
+    key = key or clock(run for runs in groups.values() for run in runs)
+    out = Verdict(sam, sgd, clock=key)
     if sam is not None:
         accs = [r.result["final_test_acc"] for r in groups[sam]]
         out.sam_acc, out.target = statistics.fmean(accs), statistics.fmean(accs) - TARGET_SLACK
     if sgd is not None:
         runs = groups[sgd]
         out.sgd_acc = statistics.fmean(r.result["final_test_acc"] for r in runs)
-        out.sgd_time = statistics.fmean(r.result["train_time"] for r in runs)
+        out.sgd_time = statistics.fmean(r.result[key] for r in runs)
         out.sgd_effective = statistics.fmean(effective_samples(r.metrics[-1]) for r in runs)
     if sam is not None and sgd is not None:
         out.margin = out.sam_acc - out.sgd_acc
@@ -218,14 +255,14 @@ def budgeted(label: str, runs: Sequence[Run], ref: Verdict) -> Budgeted:
         values = [value_at(run, x, budget) for run in runs]
         return None if None in values else statistics.fmean(values)
 
-    times = [] if ref.target is None else [time_to(run, ref.target) for run in runs]
+    times = [] if ref.target is None else [time_to(run, ref.target, ref.clock) for run in runs]
     hits = [t for t in times if t is not None]
     spent = statistics.fmean(effective_samples(run.metrics[-1]) for run in runs)
     return Budgeted(
         label,
         max(drifts) if drifts else None,
         None if not ref.sgd_effective else spent / ref.sgd_effective,
-        at(lambda row: row["train_time"], ref.sgd_time),
+        at(lambda row: row[ref.clock], ref.sgd_time),
         at(effective_samples, ref.sgd_effective),
         _mean(hits) if len(hits) == len(runs) else None,
         len(hits),

@@ -1,5 +1,6 @@
 """The grid's verdict across its settings (``flatsam report --grid BENCH``): in every setting that
-decides, each candidate's gaps to SAM (final and early-stopped) and its wall-clock over SGD's; the robust
+decides, each candidate's gaps to SAM (final and early-stopped) and its training time over SGD's (on one
+clock per setting, ``analysis.clock``); the robust
 preset is the candidate that keeps the promise in every deciding setting. Held-out settings are counted
 apart from the tuning setting, and a setting with missing runs is shown as such, never filled in.
 
@@ -62,7 +63,8 @@ def read_setting(folder: Path, setting: grid.Setting) -> SettingResult:
     seeds = {name: len(groups.get(label, [])) for name, label in labels.items()}
     if seeds["sgd"] < SEEDS or seeds["sam"] < SEEDS:
         return SettingResult(setting, seeds, None)
-    ref = analysis.verdict({"sgd": groups["sgd"], "sam": groups["sam"]})
+    key = analysis.clock(run for members in groups.values() for run in members)  # one clock per setting
+    ref = analysis.verdict({"sgd": groups["sgd"], "sam": groups["sam"]}, key)
     found = {name: label for name, label in labels.items() if name not in ("sgd", "sam") and seeds[name]}
     standing = {p.label: p for p in promise.promises(groups, ref)}
     return SettingResult(
@@ -71,8 +73,8 @@ def read_setting(folder: Path, setting: grid.Setting) -> SettingResult:
 
 
 def references(groups: dict[str, list[RunRecord]], ref: analysis.Verdict) -> dict[str, promise.Promise]:
-    """SGD and SAM on the candidates' scales: gaps to SAM's means and wall-clock over SGD's."""
-    sam_time = statistics.fmean(r.result["train_time"] for r in groups["sam"]) / ref.sgd_time  # type: ignore[operator]
+    """SGD and SAM on the candidates' scales: gaps to SAM's means and time over SGD's (``ref.clock``)."""
+    sam_time = statistics.fmean(r.result[ref.clock] for r in groups["sam"]) / ref.sgd_time  # type: ignore[operator]
     early = None if ref.early_margin is None else -ref.early_margin
     return {
         "sgd": promise.Promise("sgd", -ref.margin, early, 1.0),  # type: ignore[operator]
@@ -93,14 +95,14 @@ def worst_gap(p: promise.Promise) -> float:
 @dataclass
 class Standing:
     """One candidate across the deciding settings: where it kept the promise, where it missed it, where
-    its seeds are not all in yet; its worst gap and slowest wall-clock where they are."""
+    its seeds are not all in yet; its worst gap and slowest training time where they are."""
 
     name: str
     kept: list[str]
     missed: list[str]
     pending: list[str]
     worst: tuple[str, float] | None  # (setting, worse gap) at its worst deciding setting
-    slowest: float | None  # its largest wall-clock ÷ SGD's over those settings
+    slowest: float | None  # its largest training time ÷ SGD's over those settings
 
     @property
     def robust(self) -> bool:
@@ -145,10 +147,11 @@ def settings_table(results: Sequence[SettingResult]) -> str:
             _points(None if v is None else v.early_margin),
             "–" if std is None else f"{100 * std:.2f}",
             "–" if v is None else ("yes" if r.decides else "no"),
+            "–" if v is None else analysis.clock_name(v.clock),
         ]
 
     columns = ["setting", "role", "runs finished", "SAM − SGD early-stopped (points)", "3 × larger seed std"]
-    return md_table([*columns, "decides"], map(cells, results))
+    return md_table([*columns, "decides", "timed on"], map(cells, results))
 
 
 def matrix_table(results: Sequence[SettingResult]) -> str:
@@ -202,13 +205,13 @@ def verdict_text(results: Sequence[SettingResult]) -> str:
     if robust:
         return f"{head} Kept the promise in every deciding setting so far: {', '.join(robust)}.\n"
     judged = [s for s in rows if s.worst is not None and s.slowest is not None]
-    # the closest: within SGD's wall-clock first, then by the worst gap
+    # the closest: within SGD's time first, then by the worst gap
     best = max(judged, key=lambda s: (s.slowest <= promise.PROMISE_TIME, s.worst[1]))  # type: ignore[index,operator]
     where, gap = best.worst  # type: ignore[misc]
     return (
         f"{head} No candidate has kept the promise in every deciding setting so far. The closest, "
         f"{best.name}, stays {_points(gap)} points from SAM at its worst ({where}), at up to "
-        f"{best.slowest:.2f}× SGD's wall-clock.\n"
+        f"{best.slowest:.2f}× SGD's training time.\n"
     )
 
 
@@ -217,20 +220,21 @@ def csv_text(results: Sequence[SettingResult]) -> str:
     out = io.StringIO()
     writer = csv.writer(out)
     writer.writerow(
-        ["setting", "role", "decides", "candidate", "seeds", "final_gap", "early_gap", "time_vs_sgd", "holds"]
-    )
+        ["setting", "role", "decides", "clock", "candidate", "seeds", "final_gap", "early_gap", "time_vs_sgd",
+         "holds"]
+    )  # fmt: skip
     for r in results:
         for name, _ in grid.CANDIDATES:
             p = r.promises.get(name)
             role = "tuning" if r.setting.tuning else "held out"
-            decides = "" if r.verdict is None else r.decides
+            decides, clock = ("", "") if r.verdict is None else (r.decides, r.verdict.clock)
             if p is None:
-                writer.writerow([r.setting.name, role, decides, name, r.seeds[name], "", "", "", ""])
+                writer.writerow([r.setting.name, role, decides, clock, name, r.seeds[name], "", "", "", ""])
                 continue
             early = "" if p.early_gap is None else f"{p.early_gap:.6f}"
             writer.writerow(
                 [
-                    r.setting.name, role, decides, name, r.seeds[name],
+                    r.setting.name, role, decides, clock, name, r.seeds[name],
                     f"{p.final_gap:.6f}", early, f"{p.time_vs_sgd:.4f}", p.holds,
                 ]
             )  # fmt: skip
@@ -289,7 +293,7 @@ def plot_gaps(results: Sequence[SettingResult], path: Path) -> Path:
 
 def plot_frontier(results: Sequence[SettingResult], path: Path) -> Path:
     """One panel per setting with SGD's and SAM's runs: every method's gap to SAM (points; filled: final,
-    open: early-stopped) against its wall-clock over SGD's — the accuracy-against-time frontier; the
+    open: early-stopped) against its training time over SGD's — the accuracy-against-time frontier; the
     promise's corner (≥ −0.5 points at ≤ 1.0× SGD's time) is left of the dashed and above the dotted line."""
     import matplotlib
 
@@ -322,12 +326,12 @@ def plot_frontier(results: Sequence[SettingResult], path: Path) -> Path:
     for ax in axes[:, 0]:
         ax.set_ylabel("− SAM (points)", fontsize=8)
     for ax in axes[-1]:
-        ax.set_xlabel("wall-clock ÷ SGD's", fontsize=8)
+        ax.set_xlabel("training time ÷ SGD's", fontsize=8)
     handles = {label: h for ax in axes.flat for h, label in zip(*ax.get_legend_handles_labels(), strict=True)}
     if handles:
         fig.legend(handles.values(), handles.keys(), fontsize=7, loc="center right")
     fig.suptitle(
-        "Gap to SAM against wall-clock, per setting (filled: final, open: early-stopped)", fontsize=9
+        "Gap to SAM against training time, per setting (filled: final, open: early-stopped)", fontsize=9
     )
     fig.tight_layout(rect=(0, 0, 1 - 1.6 / (3.4 * columns + 1.8), 1))
     return save_png(plt, fig, path, dpi=120)
@@ -360,8 +364,8 @@ def write_grid_report(root: Path, out: Path | None = None) -> dict[str, Path]:
         standings_table(standings(results, held_out=False)),
         "\n## Every candidate in every setting\n\n",
         matrix_table(results),
-        "\nCells: mean final − SAM / mean early-stopped − SAM (points), mean training wall-clock ÷ SGD's "
-        "in the same setting; ✓ keeps the promise, ✗ does not; in parentheses where the setting does not "
+        "\nCells: mean final − SAM / mean early-stopped − SAM (points), mean training time ÷ SGD's in the "
+        "same setting (on the clock the settings table names); ✓ keeps the promise, ✗ does not; in parentheses where the setting does not "
         "decide; '–' not run yet. Per-seed figures are in each setting's `results.md`.\n\n",
         "![gaps](gaps.png)\n\n![frontier](frontier.png)\n",
     ]
@@ -377,6 +381,7 @@ def promise_rules() -> str:
         f"{100 * analysis.DECIDES_MIN:g} point and by more than {analysis.DECIDES_STDS:g} seed standard "
         f"deviations (the larger of the two). A candidate keeps the promise in a setting when its mean final "
         f"and mean early-stopped accuracy are each at most {100 * promise.PROMISE_SLACK:g} points below "
-        f"SAM's, at most {promise.PROMISE_TIME:.1f}× SGD's mean training wall-clock. The robust preset keeps "
-        "it in every deciding setting.\n\n"
+        f"SAM's, at most {promise.PROMISE_TIME:.1f}× SGD's mean training time in the same setting. The "
+        f"robust preset keeps it in every deciding setting. Training time: {promise.CLOCKS} (the settings "
+        "table says which).\n\n"
     )

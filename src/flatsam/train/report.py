@@ -231,8 +231,10 @@ def group(runs: Sequence[RunRecord]) -> dict[str, list[RunRecord]]:
 
 
 def summarize(runs: Sequence[RunRecord]) -> list[Summary]:
-    """Mean ± std over seeds per label; speedups are ratios of mean training wall-clock to the reference
-    SAM and SGD runs of the same set (``analysis.reference_label``; ``None`` when absent)."""
+    """Mean ± std over seeds per label; speedups are ratios of mean training time (on the set's
+    ``analysis.clock``) to the reference SAM and SGD runs of the same set (``analysis.reference_label``;
+    ``None`` when absent)."""
+    key = analysis.clock(runs)
     rows = []
     for label, members in group(runs).items():
         acc = [r.result["final_test_acc"] for r in members]
@@ -244,7 +246,7 @@ def summarize(runs: Sequence[RunRecord]) -> list[Summary]:
                 statistics.fmean(acc),
                 _std(acc),
                 statistics.fmean(r.result["best_test_acc"] for r in members),
-                statistics.fmean(r.result["train_time"] for r in members),
+                statistics.fmean(r.result[key] for r in members),
                 statistics.fmean(r.result["cost"] for r in members),
                 statistics.fmean(r.result["ascent_fraction"] for r in members),
             )
@@ -447,30 +449,32 @@ def _reference_lines(ax, target: float | None, budget: float | None, budget_name
 
 
 def plot_accuracy_vs_time(runs: Sequence[RunRecord], path: Path, ref: analysis.Verdict | None = None) -> Path:
-    """Test accuracy after each evaluated epoch against cumulative training wall-clock, mean over seeds
-    with a min–max band; SAM's target and SGD's wall-clock as reference lines."""
+    """Test accuracy after each evaluated epoch against cumulative training time (``ref.clock``, else the
+    runs' ``analysis.clock``), mean over seeds with a min–max band; SAM's target and SGD's time as
+    reference lines."""
+    key = analysis.clock(runs) if ref is None else ref.clock
     groups = group(runs)
     plt, fig, ax = _axes(len(groups))
     for label, members in groups.items():
         positions = _evaluated(members)
-        t, acc = _mean_curve(members, "train_time", positions), _mean_curve(members, "test_acc", positions)
+        t, acc = _mean_curve(members, key, positions), _mean_curve(members, "test_acc", positions)
         lows = [min(r.metrics[i]["test_acc"] for r in members) for i in positions]
         highs = [max(r.metrics[i]["test_acc"] for r in members) for i in positions]
         (line,) = ax.plot(t, [100 * a for a in acc], label=label, lw=1.6, marker=".")
         ax.fill_between(
             t, [100 * v for v in lows], [100 * v for v in highs], color=line.get_color(), alpha=0.12
         )
-        early = promise.early_point(members)
+        early = promise.early_point(members, key)
         if early is not None:  # the early stop: a hollow square of the same colour
             ax.plot(*early, marker="s", mfc="none", ms=8, color=line.get_color())
     if ref is not None:
-        _reference_lines(ax, ref.target, ref.sgd_time, "SGD's wall-clock")
+        _reference_lines(ax, ref.target, ref.sgd_time, f"SGD's {analysis.clock_name(key)}")
     return _finish(
         plt,
         fig,
         ax,
         path,
-        "training wall-clock (s)",
+        f"training {analysis.clock_name(key)} (s)",
         "test accuracy (%); □ early stop"
         if any(map(promise.early_point, groups.values()))
         else "test accuracy (%)",
@@ -587,9 +591,9 @@ def write_report(
         "\n",
         markdown_table(rows),
         "\n",
-        "Speedups are ratios of mean training wall-clock measured in this set of runs (evaluation "
-        "excluded); effective cost counts samples through forward and backward (a backward weighs two "
-        "forwards) relative to SGD.\n\n",
+        f"Train time and speedups: mean training {analysis.clock_name(ref.clock)} measured in this set of "
+        f"runs (evaluation excluded; {promise.CLOCKS}). Effective cost counts samples through forward and "
+        "backward (a backward weighs two forwards) relative to SGD.\n\n",
         promise.section(groups, ref),
         "## At equal budgets\n\n",
         budget_table(budget),
