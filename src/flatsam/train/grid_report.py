@@ -365,8 +365,9 @@ def write_grid_report(root: Path, out: Path | None = None) -> dict[str, Path]:
         "\n## Every candidate in every setting\n\n",
         matrix_table(results),
         "\nCells: mean final − SAM / mean early-stopped − SAM (points), mean training time ÷ SGD's in the "
-        "same setting (on the clock the settings table names); ✓ keeps the promise, ✗ does not; in parentheses where the setting does not "
-        "decide; '–' not run yet. Per-seed figures are in each setting's `results.md`.\n\n",
+        "same setting (on the clock the settings table names); ✓ keeps the promise, ✗ does not; in "
+        "parentheses where the setting does not decide; '–' not run yet. Per-seed figures are in each "
+        "setting's `results.md`.\n\n",
         "![gaps](gaps.png)\n\n![frontier](frontier.png)\n",
     ]
     records.atomic_write(paths["md"], lambda f: f.write("".join(text).encode()))

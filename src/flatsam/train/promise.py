@@ -80,7 +80,8 @@ def seed_table(groups: dict[str, Sequence[analysis.Run]]) -> str:
             "–" if r.get(analysis.CPU) is None else f"{r[analysis.CPU]:.1f}",
         ]
 
-    columns = ["method", "seed", "final acc %", "early-stopped acc %", "best-val epoch", "train time s", "CPU s"]
+    columns = ["method", "seed", "final acc %", "early-stopped acc %", "best-val epoch", "train time s"]
+    columns.append("CPU s")
     return md_table(columns, (cells(label, run.result) for label, runs in groups.items() for run in runs))
 
 
