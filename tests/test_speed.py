@@ -37,6 +37,8 @@ def test_every_contender_runs_and_the_report_is_written(tmp_path):
     assert result["environment"]["torch_threads"] == 1 and torch.get_num_threads() == threads
     assert result["command"] == "flatsam bench --speed (test)"
     (setting,) = result["settings"]
+    assert setting["clock"] == "CPU time"  # one CPU thread: steps are timed on the process's CPU time
+    assert "Timed on CPU time." in paths["md"].read_text()
     rows = {row["label"]: row for row in setting["rows"]}
     assert list(rows) == [speed.contender_label(c) for c in speed.default_contenders()]
     for row in rows.values():

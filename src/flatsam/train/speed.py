@@ -202,15 +202,18 @@ def make_contender(text: str, model: nn.Module, num_samples: int, steps_per_epoc
 
 
 class Clock:
-    """Per-step times: CUDA events on a GPU (read once per block, so steps are not serialised), else
-    ``time.perf_counter``."""
+    """Per-step times: CUDA events on a GPU (read once per block, so steps are not serialised); on one
+    CPU thread the process's CPU time (``time.process_time``: the step's time on a core of its own,
+    whatever else takes turns on the machine); else ``time.perf_counter``."""
 
     def __init__(self, device: torch.device) -> None:
         self.cuda = device.type == "cuda"
+        self.cpu_time = not self.cuda and torch.get_num_threads() == 1
+        self.name = "CUDA events" if self.cuda else "CPU time" if self.cpu_time else "wall-clock"
 
     def mark(self) -> Any:
         if not self.cuda:
-            return time.perf_counter()
+            return time.process_time() if self.cpu_time else time.perf_counter()
         event = torch.cuda.Event(enable_timing=True)
         event.record()
         return event
@@ -361,6 +364,7 @@ def run_setting(config: SpeedConfig, model_name: str, batch_size: int, progress:
         timing.held = held_bytes(contender.optimizer, contender.model)
         timing.peak = peak_bytes(contender, batches[0], device)
     setting = summarise(model_name, batch_size, timings)
+    setting["clock"] = clock.name
     if config.profile:
         setting["profiles"] = {
             label: profile_table(contenders[label], batches, device)
@@ -460,6 +464,8 @@ def markdown(result: dict[str, Any]) -> str:
         lines += [
             "",
             f"## {setting['model']}, batch {setting['batch_size']}",
+            "",
+            f"Timed on {setting.get('clock', 'wall-clock')}.",
             "",
             "| contender | step ms [q1, q3] | images/s | ascent fraction | skipping step ms | held | peak |",
             "|---|---|---|---|---|---|---|",
