@@ -169,3 +169,19 @@ def test_a_history_method_without_an_index_column_fails_before_training(tmp_path
     with pytest.raises(ValueError, match="no 'index' column .*x, labels.*add_column"):
         trainer.train()
     assert all(torch.equal(a, p) for a, p in zip(before, model.parameters(), strict=True))
+
+
+@pytest.mark.parametrize("method", ["saf", "mesa"])
+def test_saf_and_mesa_are_refused_before_training(tmp_path, method):
+    """Their trajectory loss cannot come through per_sample_loss: refused before any step, not at every
+    step (nor, as before the engine checked it, trained silently as the base optimizer)."""
+    model = Tiny()
+    before = [p.detach().clone() for p in model.parameters()]
+    args = TrainingArguments(
+        output_dir=str(tmp_path), per_device_train_batch_size=BATCH, report_to=[], save_strategy="no",
+        disable_tqdm=True, use_cpu=True,
+    )  # fmt: skip
+    trainer = InOrder(model=model, args=args, train_dataset=Rows(), method=method)
+    with pytest.raises(ValueError, match="trajectory loss .* `flatsam train --method saf"):
+        trainer.train()
+    assert all(torch.equal(a, p) for a, p in zip(before, model.parameters(), strict=True))

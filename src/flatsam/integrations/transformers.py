@@ -2,9 +2,11 @@
 
 :class:`SharpnessAwareTrainer` runs both passes of each step (the clean one, and the one at w+ε) in
 ``training_step``, through the flatsam engine, so every method works, row-selecting ones such as AUSAM
-included. Give it a flatsam optimizer (``optimizers=(flatsam.SAM(...), None)``) or a method by name
-(``method="ausam", method_options={"keep": 0.5}``): then the Trainer's own optimizer (``args.optim``,
-AdamW by default, with its weight-decay groups) becomes the base optimizer. Then
+included, except SAF and MESA (their trajectory loss needs more than ``per_sample_loss`` passes; they
+are refused before training). Give it a flatsam optimizer (``optimizers=(flatsam.SAM(...), None)``)
+or a method by name (``method="ausam", method_options={"keep": 0.5}``): then the Trainer's own
+optimizer (``args.optim``, AdamW by default, with its weight-decay groups) becomes the base optimizer.
+Then
 
 - the LR schedule (``args.lr_scheduler_type``, warm-up) is built on the flatsam optimizer, whose
   parameter groups are the base optimizer's, so every learning rate it sets is the one the base uses;
@@ -78,6 +80,19 @@ def _rows(inputs: dict[str, Any], rows: Any, size: int) -> dict[str, Any]:
     }
 
 
+def _refuse_trajectory_loss(engine: SharpnessAware) -> None:
+    """SAF and MESA add a trajectory loss that needs each row's logits with its dataset index (SAF) or an
+    EMA model's forward on the inputs (MESA); ``per_sample_loss`` passes neither, so every step would be
+    refused. Refuse them before training instead, saying where they do work."""
+    if hasattr(engine, "add_trajectory_loss"):
+        raise ValueError(
+            f"{type(engine).__name__} adds a trajectory loss to each row's loss (from its logits and dataset "
+            "index, or an EMA model's output), which SharpnessAwareTrainer cannot pass through "
+            "per_sample_loss: train it with `flatsam train --method saf|mesa`, or step it in your own loop "
+            "with a closure that returns opt.add_trajectory_loss(...) (docs/entry-points.md)"
+        )
+
+
 class SharpnessAwareTrainer(Trainer):
     """A ``Trainer`` whose optimizer is a flatsam method; see the module docstring."""
 
@@ -114,6 +129,7 @@ class SharpnessAwareTrainer(Trainer):
         engine = self.optimizer
         if engine.max_grad_norm is None and self.args.max_grad_norm and self.args.max_grad_norm > 0:
             engine.max_grad_norm = float(self.args.max_grad_norm)
+        _refuse_trajectory_loss(engine)
         self._check_index_column(engine)
         return engine
 
