@@ -147,3 +147,43 @@ def test_plain_batches_with_a_history_method_fail_at_the_first_step(tmp_path):
     with pytest.raises(ValueError, match=r"every step needs index=.*sam_index\(batch\)"):
         trainer.fit(net, DataLoader(data, batch_size=BATCH))
     assert all(torch.equal(a, p) for a, p in zip(before, net.parameters(), strict=True))
+
+
+class SAFNet(Net):
+    """SAF through the mixin; ``with_term`` adds its trajectory loss in ``sam_losses`` as documented."""
+
+    def __init__(self, with_term: bool) -> None:
+        super().__init__()
+        self.with_term = with_term
+
+    def sam_losses(self, batch, rows):
+        x, y, index = batch
+        logits = self(x[rows])
+        losses = F.cross_entropy(logits, y[rows], reduction="none")
+        if not self.with_term:
+            return losses
+        return self.optimizers().optimizer.add_trajectory_loss(losses, logits, index[rows])
+
+    def configure_optimizers(self):
+        options = dict(num_samples=N, lr=0.1, start_epoch=0, lag_epochs=1)  # the term from epoch 1
+        return flatsam.SAF(self.parameters(), torch.optim.SGD, **options)
+
+
+@pytest.mark.parametrize("with_term", [False, True])
+def test_saf_needs_its_term_in_sam_losses(tmp_path, with_term):
+    """Without the trajectory term in sam_losses the first step is refused (it would be plain SGD under
+    SAF's name) and the weights have not moved; with it, SAF trains."""
+    net = SAFNet(with_term)
+    before = [p.detach().clone() for p in net.parameters()]
+    trainer = L.Trainer(
+        max_epochs=2, accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+        enable_checkpointing=False, default_root_dir=tmp_path,
+    )  # fmt: skip
+    if with_term:
+        trainer.fit(net, DataLoader(dataset(), batch_size=BATCH))
+        assert not all(torch.equal(a, p) for a, p in zip(before, net.parameters(), strict=True))
+        assert net.optimizers().optimizer.trajectory.history.abs().sum() > 0
+        return
+    with pytest.raises(RuntimeError, match=r"SAF: .*in sam_losses\), return opt.add_trajectory_loss"):
+        trainer.fit(net, DataLoader(dataset(), batch_size=BATCH))
+    assert all(torch.equal(a, p) for a, p in zip(before, net.parameters(), strict=True))

@@ -102,7 +102,8 @@ class TrajectoryLoss(Component):
         if not added:
             raise RuntimeError(
                 f"{self.method}: this step's per-sample losses did not go through opt.add_trajectory_loss, "
-                f"so it would be a plain step of the base optimizer; in the closure, return {self.call} "
+                f"so it would be a plain step of the base optimizer; in the closure (with Lightning, in "
+                f"sam_losses), return {self.call} "
                 f"(logits with their graph; flatsam.{self.method}'s docstring shows the loop)"
             )
 
