@@ -68,6 +68,13 @@ def clock(runs: Iterable[Run]) -> str:
     return CPU if runs and all(map(_one_thread_cpu_timed, runs)) else WALL
 
 
+#: how reports state the rule of :func:`clock`
+CLOCK_RULE = (
+    "times are CPU time where every run trained on one CPU thread and recorded it: a thread's CPU seconds "
+    "are its wall-clock on a core of its own, whatever else took turns on the machine; else wall-clock"
+)
+
+
 def clock_name(key: str) -> str:
     """How reports name a clock."""
     return "CPU time (one thread)" if key == CPU else "wall-clock"

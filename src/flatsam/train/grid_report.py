@@ -383,6 +383,6 @@ def promise_rules() -> str:
         f"deviations (the larger of the two). A candidate keeps the promise in a setting when its mean final "
         f"and mean early-stopped accuracy are each at most {100 * promise.PROMISE_SLACK:g} points below "
         f"SAM's, at most {promise.PROMISE_TIME:.1f}× SGD's mean training time in the same setting. The "
-        f"robust preset keeps it in every deciding setting. Training time: {promise.CLOCKS} (the settings "
-        "table says which).\n\n"
+        f"robust preset keeps it in every deciding setting. Training time: {analysis.CLOCK_RULE} (the "
+        "settings table says which).\n\n"
     )

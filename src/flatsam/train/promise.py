@@ -39,13 +39,6 @@ def decides_line(ref: analysis.Verdict) -> str:
     )
 
 
-#: what reports say of their two clocks
-CLOCKS = (
-    "times are CPU time where every run trained on one CPU thread and recorded it: a thread's CPU seconds "
-    "are its wall-clock on a core of its own, whatever else took turns on the machine; else wall-clock"
-)
-
-
 def early_point(runs: Sequence[analysis.Run], key: str = analysis.WALL) -> tuple[float, float] | None:
     """Where a method's early stop lies on the accuracy-against-time plot: the mean training time (clock
     ``key``) at the best-validation epochs and the mean early-stopped test accuracy (%); ``None`` without
@@ -80,8 +73,9 @@ def seed_table(groups: dict[str, Sequence[analysis.Run]]) -> str:
             "–" if r.get(analysis.CPU) is None else f"{r[analysis.CPU]:.1f}",
         ]
 
-    columns = ["method", "seed", "final acc %", "early-stopped acc %", "best-val epoch", "train time s"]
-    columns.append("CPU s")
+    columns = [
+        "method", "seed", "final acc %", "early-stopped acc %", "best-val epoch", "train time s", "CPU s"
+    ]  # fmt: skip
     return md_table(columns, (cells(label, run.result) for label, runs in groups.items() for run in runs))
 
 
@@ -166,6 +160,6 @@ def section(groups: dict[str, Sequence[analysis.Run]], ref: analysis.Verdict) ->
             "\n",
             f"Keeps the promise: mean final and early-stopped accuracy at most {100 * PROMISE_SLACK:g} "
             f"points below SAM's, at most {PROMISE_TIME:.1f}× SGD's mean training "
-            f"{analysis.clock_name(ref.clock)} (measured in this set of runs; {CLOCKS}).\n\n",
+            f"{analysis.clock_name(ref.clock)} (measured in this set of runs; {analysis.CLOCK_RULE}).\n\n",
         ]
     return "".join(text)

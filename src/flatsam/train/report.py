@@ -592,8 +592,8 @@ def write_report(
         markdown_table(rows),
         "\n",
         f"Train time and speedups: mean training {analysis.clock_name(ref.clock)} measured in this set of "
-        f"runs (evaluation excluded; {promise.CLOCKS}). Effective cost counts samples through forward and "
-        "backward (a backward weighs two forwards) relative to SGD.\n\n",
+        f"runs (evaluation excluded; {analysis.CLOCK_RULE}). Effective cost counts samples through forward "
+        "and backward (a backward weighs two forwards) relative to SGD.\n\n",
         promise.section(groups, ref),
         "## At equal budgets\n\n",
         budget_table(budget),
