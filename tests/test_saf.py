@@ -193,6 +193,21 @@ def test_a_step_without_the_term_is_refused_before_the_update(method, advice):
     assert not all(torch.equal(a, b) for a, b in zip(model.parameters(), before, strict=True))
 
 
+@pytest.mark.parametrize("method", ["saf", "mesa"])
+def test_a_skipped_step_does_not_excuse_the_next_one(method):
+    """A step skipped for a non-finite loss spends its term: the next step without it is still refused."""
+    x, y = toy_data()
+    model = tiny_mlp()
+    opt = build_method(method, model.parameters(), model=model, num_samples=len(x), lr=LR)
+    idx = torch.arange(6)
+    with_term = closure(opt, model, x, y, idx)
+    assert opt.step(lambda rows: with_term(rows) * float("nan"), index=idx).skipped
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(RuntimeError, match="did not go through opt.add_trajectory_loss"):
+        opt.step(lambda rows: F.cross_entropy(model(x[idx[rows]]), y[idx[rows]], reduction="none"), index=idx)
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), before, strict=True))
+
+
 def test_history_keeps_a_row_whose_logits_are_not_finite():
     table = OutputHistory(4, lag_epochs=1, start_epoch=0)
     table.losses(torch.zeros(2), torch.tensor([[1.0, 2.0], [3.0, 4.0]]), torch.tensor([0, 1]))

@@ -107,6 +107,9 @@ class Component:
         """Learn from a finished step: one not skipped, or, with ``outcome.found_inf`` set, one that is
         undone where the flag is set (a ``skip_on_device`` component must then change nothing)."""
 
+    def skipped(self, ctx: StepContext) -> None:
+        """A step skipped on the host instead of ``record``: drop what this step's passes left behind."""
+
     def state_dict(self) -> dict[str, Any]:
         state = {name: _clone(getattr(self, name)) for name in self.state_fields}
         state["kind"] = type(self).__name__

@@ -548,7 +548,9 @@ class SharpnessAware(TwoStepAPI, PlanWalker, torch.optim.Optimizer):
 
     def _skip(self, step: Step) -> StepInfo:
         """A step skipped on the host (its verdict holds the reason): weights back, no step, and the
-        scale of a ``GradScaler`` backed off as after an overflow."""
+        scale of a ``GradScaler`` backed off as after an overflow; the components drop the step."""
+        for component in self.components.values():
+            component.skipped(step.ctx)
         self.restore()
         self.zero_grad(set_to_none=True)
         if step.scaler is not None:

@@ -107,6 +107,10 @@ class TrajectoryLoss(Component):
                 f"(logits with their graph; flatsam.{self.method}'s docstring shows the loop)"
             )
 
+    def skipped(self, ctx: StepContext) -> None:
+        """A step skipped for a non-finite loss: its losses are spent, so the next step must add its own."""
+        self._added = False
+
     def extra_repr(self) -> str:
         return f"lam={self.lam}, tau={self.tau}, start_epoch={self.start_epoch}, end_epoch={self.end_epoch}"
 
