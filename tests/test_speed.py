@@ -156,3 +156,71 @@ def test_saf_and_mesa_are_timed_with_their_trajectory_term():
     assert ema_calls == [1]
     written = saf.optimizer.trajectory.history[:, speed.TIMED_EPOCH % 4].abs().sum(dim=1) > 0
     assert written.nonzero().flatten().tolist() == [0, 1, 3, 6]
+
+
+def suite_runs(tmp_path, methods=("sgd", "ausam", "saf")):
+    """One tiny synthetic run configuration per method, as a suite gives them (seed 0)."""
+    from flatsam.train.bench import method_configs
+    from flatsam.train.config import MethodSpec
+    from helpers import tiny_run_config
+
+    base = tiny_run_config(tmp_path / "unused", method_options={}, epochs=2)
+    specs = [MethodSpec.parse(m) for m in methods]
+    return method_configs(base, specs, 0, tmp_path / "runs", rho=0.05)
+
+
+def test_a_suites_timed_step_is_flatsam_trains_step(tmp_path, one_thread):
+    """A warm-up epoch of the suite mode's contender leaves the weights that one epoch of `flatsam train`
+    of the same configuration leaves: the timed step is the training loop's, on the suite's data."""
+    from flatsam.train.loop import Run, load_data
+    from flatsam.train.speed_suite import LoopContender
+
+    (config,) = suite_runs(tmp_path, ("ausam:warmup_epochs=1",))
+    config = config.replace(epochs=1, run_dir=str(tmp_path / "trained"))
+    trained = Run(config, progress=False)
+    trained.run()
+    contender = LoopContender(config.replace(run_dir=str(tmp_path / "timed")), load_data(config))
+    initial = [t.clone() for t in contender.model.state_dict().values()]
+    contender.set_epoch(0)
+    for batch in range(contender.run.setup.steps_per_epoch):
+        contender.step(batch)
+    contender.close()
+    timed, reference = list(contender.model.state_dict().values()), trained.setup.model.state_dict().values()
+    assert all(torch.equal(a, b) for a, b in zip(reference, timed, strict=True))
+    assert not all(torch.equal(a, b) for a, b in zip(initial, timed, strict=True))
+
+
+def test_a_suites_own_runs_are_timed_and_reported(tmp_path):
+    from flatsam.train.speed_suite import run_suite_speed
+
+    threads = torch.get_num_threads()
+    config = SpeedConfig(repeats=2, steps=2, warmup_steps=1)
+    paths = run_suite_speed(config, "tiny", suite_runs(tmp_path), tmp_path / "out", progress=False)
+    assert torch.get_num_threads() == threads
+    result = json.loads(paths["json"].read_text())
+    assert result["suite"] == "tiny" and result["config"]["contenders"] == ["sgd", "ausam", "saf"]
+    assert result["config"]["models"] == ["mlp"] and result["config"]["threads"] == 1
+    (setting,) = result["settings"]
+    assert setting["suite"] == "tiny" and setting["batch_size"] == 64 and setting["clock"] == "CPU time"
+    rows = {row["label"]: row for row in setting["rows"]}
+    assert rows["sgd"]["ascent_fraction"] == 0 and rows["saf"]["ascent_fraction"] == 0
+    assert rows["ausam"]["ascent_fraction"] == 1  # past its warm-up epoch, every step ascends
+    assert rows["sgd"]["held_extra_bytes"] == 0 and rows["ausam"]["held_extra_bytes"] > 0  # over SGD
+    assert {"ausam / sgd", "saf / sgd"} <= set(setting["ratios"])
+    markdown = paths["md"].read_text()
+    assert "## tiny, batch 64" in markdown and "suite `tiny`" in markdown
+    assert "synthetic" in markdown and "channels-last memory format" in markdown
+    assert not list((tmp_path / "runs").glob("*"))  # the runs stepped in a temporary folder
+
+
+def test_cli_speed_of_a_suite(tmp_path, capsys):
+    from helpers import small_cli_args
+
+    argv = ["bench", "--speed", "--suite", "quick", *small_cli_args(), "--methods", "sgd", "sam"]
+    argv += ["--repeats", "1", "--steps", "1", "--out", str(tmp_path), "--no-progress"]
+    assert main(argv) == 0
+    result = json.loads((tmp_path / "speed.json").read_text())
+    assert result["suite"] == "quick" and result["config"]["contenders"] == ["sgd", "sam"]
+    assert result["config"]["models"] == ["mlp"] and "sam / sgd" in capsys.readouterr().out
+    assert main([*argv, "--models", "cnn"]) == 2
+    assert "--model and --batch-size" in capsys.readouterr().err

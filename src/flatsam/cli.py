@@ -295,11 +295,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    if args.speed:
+    if args.speed and args.suite is None:
         return cmd_speed(args)
-    from flatsam.train.bench import SUITES, run_bench
+    from flatsam.train.bench import SUITES, method_configs, run_bench
 
-    suite_name = "quick" if args.quick else args.suite
+    suite_name = "quick" if args.quick and not args.speed else args.suite or "default"
     suite = SUITES[suite_name]
     specs = [MethodSpec.parse(m) for m in (args.methods or suite.methods)]
     asked = getattr(args, "task", suite.config.task)
@@ -312,9 +312,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
     config = overlay(base, args)
     for spec in specs:
         check_names(config.replace(method=spec.name))
+    rho = args.rho if args.rho is not None else suite.rho
+    if args.speed:
+        return cmd_speed(args, (suite_name, method_configs(config, specs, 0, Path(), rho)))
     out = Path(args.out or Path("runs") / "bench" / suite_name)
     seeds = args.seeds if args.seeds is not None else list(suite.seeds)
-    rho = args.rho if args.rho is not None else suite.rho
     if args.dry_run:
         from flatsam.train import dryrun
 
@@ -338,11 +340,19 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_speed(args: argparse.Namespace) -> int:
+def cmd_speed(args: argparse.Namespace, suite: tuple[str, list[TrainConfig]] | None = None) -> int:
+    """``bench --speed``: step times on random images, or with ``suite`` (its name and one run
+    configuration per method) of that suite's own runs through the training loop's step."""
     from flatsam.train.speed import QUICK, SpeedConfig, run_speed
+    from flatsam.train.speed_suite import run_suite_speed
 
+    if suite is not None and (args.models or args.batch_sizes):
+        raise ValueError(
+            "--models and --batch-sizes choose the random-image settings; with --suite the suite's runs fix "
+            "the model and batch (change them with --model and --batch-size)"
+        )
     given = {
-        "contenders": args.methods,
+        "contenders": None if suite else args.methods,
         "models": args.models,
         "batch_sizes": args.batch_sizes,
         "repeats": args.repeats,
@@ -353,9 +363,12 @@ def cmd_speed(args: argparse.Namespace) -> int:
     }
     given = {k: tuple(v) if isinstance(v, list) else v for k, v in given.items() if v is not None}
     config = dataclasses.replace(QUICK if args.quick else SpeedConfig(), **given)
-    out = Path(args.out or Path("runs") / "bench" / "speed")
+    out = Path(args.out or Path("runs") / "bench" / ("speed" if suite is None else f"speed-{suite[0]}"))
     command = "flatsam " + shlex.join(args.argv) if args.record_command else None
-    paths = run_speed(config, out, command=command, progress=not args.no_progress)
+    if suite is None:
+        paths = run_speed(config, out, command=command, progress=not args.no_progress)
+    else:
+        paths = run_suite_speed(config, *suite, out, command=command, progress=not args.no_progress)
     print(paths["md"].read_text())
     print("written:", ", ".join(str(p) for p in paths.values()))
     return 0
@@ -511,8 +524,8 @@ def build_parser() -> argparse.ArgumentParser:
             "paper-pose",
             *GRID_SUITES,
         ],
-        default="default",
-        help="the suite to run (default: default). default: sgd, sam, ausam × 3 seeds; all: every method and "
+        help="the suite to run (default: default; with --speed: time this suite's own runs' steps). default: "
+        "sgd, sam, ausam × 3 seeds; all: every method and "
         "two compositions; long-n40/long-n20: "
         "the long regime (5× the steps) at 40 %%/20 %% label noise with SAM at SGD's budget and controls; "
         "long-clean: the same without label noise; long-n40-crop: 40 %% noise with random crops, 100 epochs, "
@@ -556,7 +569,10 @@ def build_parser() -> argparse.ArgumentParser:
         "step-time benchmark (--speed; --methods also takes torch-sgd and hand-sam, --quick is a tiny run)"
     )
     speed.add_argument(
-        "--speed", action="store_true", help="time training steps of every method, interleaved, not accuracy"
+        "--speed",
+        action="store_true",
+        help="time training steps of every method, interleaved, not accuracy: on random images, or with "
+        "--suite of that suite's own runs (its data, model and recipe) through flatsam train's step",
     )
     timing = SpeedConfig()
     speed.add_argument("--models", nargs="+", help=f"models to time (default: {' '.join(timing.models)})")

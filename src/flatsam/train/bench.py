@@ -346,6 +346,26 @@ def check_folders(jobs: list[TrainConfig]) -> None:
         seen[key] = cfg.label
 
 
+def method_configs(
+    config: TrainConfig, methods: list[MethodSpec], seed: int, runs: Path, rho: float | None
+) -> list[TrainConfig]:
+    """One run configuration per method for ``seed``: the benchmark's common ρ where the method takes it,
+    its ``train.`` options applied, its folder ``runs/LABEL-sSEED``."""
+    configs = []
+    for spec in methods:
+        method_spec, run_config = split_overrides(with_common_rho(spec, rho), config)
+        configs.append(
+            run_config.replace(
+                method=method_spec.name,
+                method_options=dict(method_spec.options),
+                label=method_spec.label,
+                seed=seed,
+                run_dir=str(runs / f"{_folder_name(method_spec.label)}-s{seed}"),
+            )
+        )
+    return configs
+
+
 def run_bench(
     config: TrainConfig,
     methods: list[MethodSpec],
@@ -367,18 +387,7 @@ def run_bench(
     labels = [spec.label for spec in methods]
     if len(set(labels)) != len(labels):
         raise ValueError(f"method labels must be distinct, got {labels}; name variants as label=method:opts")
-    jobs = []
-    for seed in seeds:
-        for spec in methods:
-            method_spec, run_config = split_overrides(with_common_rho(spec, rho), config)
-            cfg = run_config.replace(
-                method=method_spec.name,
-                method_options=dict(method_spec.options),
-                label=method_spec.label,
-                seed=seed,
-                run_dir=str(out / "runs" / f"{_folder_name(method_spec.label)}-s{seed}"),
-            )
-            jobs.append(cfg)
+    jobs = [cfg for seed in seeds for cfg in method_configs(config, methods, seed, out / "runs", rho)]
     check_folders(jobs)
     for cfg in jobs[: len(methods)]:  # the seeds do not change what is checked
         check_method(cfg)

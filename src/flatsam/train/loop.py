@@ -396,8 +396,9 @@ class Run:
             records.save_checkpoint(self.dir / records.CHECKPOINT, self._state(epoch_totals))
 
     # -- training -------------------------------------------------------------------------------------
-    def _step(self, epoch: int, batch: int) -> StepInfo:
-        """One step on this rank's share of the batch; with ``accumulate`` = k, one step over k
+    def train_step(self, epoch: int, batch: int) -> StepInfo:
+        """One step on this rank's share of batch ``batch`` of ``epoch``'s order, as ``run`` takes it (the
+        step-time benchmark's ``--suite`` mode times it); with ``accumulate`` = k, one step over k
         micro-batches of it (``step([closures], index=[...])``)."""
         s, cfg = self.setup, self.config
         index = launch.shard(self._order(epoch)[batch * cfg.batch_size : (batch + 1) * cfg.batch_size])
@@ -466,7 +467,8 @@ class Run:
             self._orders = (epoch, launch.padded(kept))  # every rank gets rows in every batch
         return self._orders[1]
 
-    def _batches(self, epoch: int) -> int:
+    def batches(self, epoch: int) -> int:
+        """Batches in ``epoch`` (fewer where the selection prunes rows: InfoBatch)."""
         return math.ceil(len(self._order(epoch)) / self.config.batch_size)
 
     def _schedule_lr(self, epoch: int, done: int) -> None:
@@ -474,7 +476,7 @@ class Run:
         full-data steps; an epoch with fewer batches (InfoBatch) moves through its share of it in
         proportion, as the official InfoBatch code rescales a step-based schedule every epoch."""
         s = self.setup
-        batches = self._batches(epoch)
+        batches = self.batches(epoch)
         position = epoch * s.steps_per_epoch + (done * s.steps_per_epoch) // batches
         s.scheduler.last_epoch = position - 1
         s.scheduler.step()
@@ -590,12 +592,12 @@ class Run:
             s.optimizer.set_epoch(self.epoch)
             start, cpu_start = time.perf_counter(), time.process_time()
             try:
-                while self.batch < self._batches(self.epoch):
+                while self.batch < self.batches(self.epoch):
                     if interrupt_at == (self.epoch, self.batch):
                         stop.request()
                     if stop.received is not None:
                         raise _Stop
-                    self._step(self.epoch, self.batch)
+                    self.train_step(self.epoch, self.batch)
                     self.batch += 1
                     if not bar.disable:
                         self._show(bar, time.perf_counter() - start)

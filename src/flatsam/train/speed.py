@@ -21,7 +21,7 @@ import copy
 import itertools
 import statistics
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -316,7 +316,7 @@ class Timing:
 
 
 def run_setting(config: SpeedConfig, model_name: str, batch_size: int, progress: bool) -> dict[str, Any]:
-    """Warm up and time every contender on one model and batch size."""
+    """Warm up and time every contender on one model and batch size, on random images."""
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
     n = config.batches * batch_size
@@ -330,6 +330,24 @@ def run_setting(config: SpeedConfig, model_name: str, batch_size: int, progress:
         contender_label(text): make_contender(text, copy.deepcopy(initial), n, config.batches)
         for text in config.contenders
     }
+    title = f"{model_name} batch {batch_size}"
+    timed = time_contenders(contenders, batches, batch_size, config, device, title, progress)
+    return {"model": model_name, **timed}
+
+
+def time_contenders(
+    contenders: dict[str, Any],
+    batches: list[tuple[Any, ...]],
+    batch_size: int,
+    config: SpeedConfig,
+    device: torch.device,
+    title: str,
+    progress: bool,
+) -> dict[str, Any]:
+    """Warm every contender up (an epoch of ``batches`` at ``set_epoch(0)``, then ``warmup_steps`` steps of
+    the timed epoch), time them in interleaved blocks, measure their memory: ``summarise``'s rows and
+    ratios, the clock, and profiler tables when ``config.profile``. A contender has ``set_epoch(epoch)``,
+    ``step(*batch) -> ascended``, ``model`` and ``optimizer``."""
     timings = {label: Timing(label) for label in contenders}
     cursor = dict.fromkeys(contenders, 0)
     clock = Clock(device)
@@ -344,13 +362,13 @@ def run_setting(config: SpeedConfig, model_name: str, batch_size: int, progress:
 
     for label, contender in contenders.items():  # the warm-up epoch, then the first steps of the timed one
         contender.set_epoch(0)
-        run(label, config.batches)
+        run(label, len(batches))
         contender.set_epoch(TIMED_EPOCH)
         run(label, config.warmup_steps)
     labels = list(contenders)
     for repeat in range(config.repeats):
         if progress:
-            print(f"  {model_name} batch {batch_size}: repeat {repeat + 1}/{config.repeats}", flush=True)
+            print(f"  {title}: repeat {repeat + 1}/{config.repeats}", flush=True)
         shift = repeat % len(labels)
         for label in labels[shift:] + labels[:shift]:
             marks, ascents = run(label, config.steps)
@@ -363,8 +381,7 @@ def run_setting(config: SpeedConfig, model_name: str, batch_size: int, progress:
         timing = timings[label]
         timing.held = held_bytes(contender.optimizer, contender.model)
         timing.peak = peak_bytes(contender, batches[0], device)
-    setting = summarise(model_name, batch_size, timings)
-    setting["clock"] = clock.name
+    setting = {"batch_size": batch_size, **summarise(timings, batch_size), "clock": clock.name}
     if config.profile:
         setting["profiles"] = {
             label: profile_table(contenders[label], batches, device)
@@ -379,9 +396,11 @@ def _paired(a: Timing, b: Timing) -> dict[str, float]:
     return quartiles([x / y for x, y in zip(a.block_means, b.block_means, strict=True)])
 
 
-def summarise(model_name: str, batch_size: int, timings: dict[str, Timing]) -> dict[str, Any]:
+def summarise(timings: dict[str, Timing], batch_size: int) -> dict[str, Any]:
+    """Per contender: step time, throughput, ascent fraction, memory; and the paired ratios."""
     rows = []
     base = timings.get(TORCH_SGD)
+    plain = base or timings.get("sgd")  # the memory baseline: torch SGD, else flatsam's SGD preset
     for t in timings.values():
         step = quartiles(t.block_means)
         rows.append(
@@ -393,10 +412,10 @@ def summarise(model_name: str, batch_size: int, timings: dict[str, Timing]) -> d
                 "skip_step_s": statistics.median(t.skip_steps) if t.skip_steps else None,
                 "held_bytes": t.held,
                 "peak_bytes": t.peak,
-                "held_extra_bytes": None if base is None else t.held - base.held,
+                "held_extra_bytes": None if plain is None else t.held - plain.held,
                 "peak_extra_bytes": None
-                if base is None or t.peak is None or base.peak is None
-                else t.peak - base.peak,
+                if plain is None or t.peak is None or plain.peak is None
+                else t.peak - plain.peak,
                 "block_means_s": t.block_means,
             }
         )
@@ -421,7 +440,7 @@ def summarise(model_name: str, batch_size: int, timings: dict[str, Timing]) -> d
                 ratios[f"{label} skipping step / torch-sgd"] = {
                     "median": statistics.median(timings[label].skip_steps) / sgd_step
                 }
-    return {"model": model_name, "batch_size": batch_size, "rows": rows, "ratios": ratios}
+    return {"rows": rows, "ratios": ratios}
 
 
 # -- the report -------------------------------------------------------------------------------------------
@@ -441,6 +460,15 @@ def _ms(value: float | None) -> str:
     return "–" if value is None else f"{1000 * value:.1f}"
 
 
+def random_setup(config: SpeedConfig) -> str:
+    """What the random-image settings time, for the report's first paragraph."""
+    return (
+        f"Random 3×{config.image_size}×{config.image_size} images (contiguous memory format), "
+        f"{config.num_classes} classes, {config.batches} distinct batches; SGD lr {BASE['lr']}, momentum "
+        f"{BASE['momentum']}, weight decay {BASE['weight_decay']}, ρ {RHO} where on SAM's scale."
+    )
+
+
 def markdown(result: dict[str, Any]) -> str:
     env, cfg = result["environment"], result["config"]
     lines = [
@@ -450,20 +478,19 @@ def markdown(result: dict[str, Any]) -> str:
         f"{env['device']}{' (' + env['gpu'] + ')' if 'gpu' in env else ''}; torch {env['torch']}, "
         f"Python {env['python']}, flatsam {env['flatsam']}; {result['date']}.",
         "",
-        f"Random 3×{cfg['image_size']}×{cfg['image_size']} images, {cfg['num_classes']} classes, "
-        f"{cfg['batches']} distinct batches; SGD lr {BASE['lr']}, momentum {BASE['momentum']}, weight decay "
-        f"{BASE['weight_decay']}, ρ {RHO} where on SAM's scale. Contenders interleaved: {cfg['repeats']} "
+        f"{result['setup']} Contenders interleaved: {cfg['repeats']} "
         f"repeats of {cfg['steps']} steps each after a warm-up epoch and {cfg['warmup_steps']} more steps "
         f"(timed epoch {TIMED_EPOCH}). Step time: median over repeats of a block's mean [quartiles]. "
-        "Ratios: median [quartiles] of per-repeat ratios. Memory: excess over torch SGD of the tensors the "
-        "optimizer holds between steps, and of the peak allocation during one step.",
+        "Ratios: median [quartiles] of per-repeat ratios. Memory: excess over torch SGD (flatsam's SGD where "
+        "torch SGD is not timed) of the tensors the optimizer holds between steps, and of the peak "
+        "allocation during one step.",
     ]
     if result.get("command"):
         lines += ["", f"Command: `{result['command']}`"]
     for setting in result["settings"]:
         lines += [
             "",
-            f"## {setting['model']}, batch {setting['batch_size']}",
+            f"## {setting.get('suite', setting['model'])}, batch {setting['batch_size']}",
             "",
             f"Timed on {setting.get('clock', 'wall-clock')}.",
             "",
@@ -488,35 +515,53 @@ def markdown(result: dict[str, Any]) -> str:
 def run_speed(
     config: SpeedConfig, out: Path, *, command: str | None = None, progress: bool = True
 ) -> dict[str, Path]:
-    """Time every (model, batch size) setting and write ``speed.md`` and ``speed.json`` into ``out``."""
+    """Time every (model, batch size) setting on random images; write ``speed.md`` and ``speed.json``."""
     for text in config.contenders:
         if text not in (TORCH_SGD, HAND_SAM):
             method_info(MethodSpec.parse(text).name)  # fail on a bad name before any timing
     for model_name in config.models:
         build_model(model_name, 3, config.num_classes)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(config.threads or threads)
-    device = resolve_device(config.device)
-    try:
-        settings = [
+
+    def settings() -> list[dict[str, Any]]:
+        return [
             run_setting(config, model_name, batch_size, progress)
             for model_name in config.models
             for batch_size in config.batch_sizes
         ]
-        environment = records.environment(device)
+
+    return write_speed(config, random_setup(config), settings, out, command)
+
+
+def write_speed(
+    config: SpeedConfig,
+    setup: str,
+    measure: Callable[[], list[dict[str, Any]]],
+    out: Path,
+    command: str | None,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Path]:
+    """Run ``measure`` on ``config.threads`` threads (put back after), then write ``speed.md``,
+    ``speed.json`` and any profiler tables into ``out``; ``setup`` says what was timed."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(config.threads or threads)
+    try:
+        settings = measure()
+        environment = records.environment(resolve_device(config.device))
     finally:
         torch.set_num_threads(threads)
     result = {
         "environment": environment,
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "command": command,
+        "setup": setup,
         "config": {k: list(v) if isinstance(v, tuple) else v for k, v in vars(config).items()},
+        **(extra or {}),
         "settings": settings,
     }
     paths = {"md": Path(out) / "speed.md", "json": Path(out) / "speed.json"}
     for setting in settings:
         for label, table in setting.pop("profiles", {}).items():
-            name = f"profile-{setting['model']}-b{setting['batch_size']}-{label}.txt"
+            name = f"profile-{setting.get('suite', setting['model'])}-b{setting['batch_size']}-{label}.txt"
             records.atomic_write(Path(out) / name, lambda f, table=table: f.write(table.encode()))
             paths[name] = Path(out) / name
     records.atomic_write(paths["md"], lambda f: f.write(markdown(result).encode()))
