@@ -52,6 +52,8 @@ def test_every_contender_runs_and_the_report_is_written(tmp_path):
     param_bytes = sum(p.numel() * 4 for p in build_model("cnn", 3, 10).parameters())
     assert rows["looksam"]["held_extra_bytes"] == param_bytes + 1
     assert rows["sam"]["held_extra_bytes"] == rows["hand-sam"]["held_extra_bytes"] == 0
+    state_bytes = sum(t.numel() * t.element_size() for t in build_model("cnn", 3, 10).state_dict().values())
+    assert rows["mesa"]["held_extra_bytes"] == state_bytes  # its EMA copy of the model
     assert {"ausam / sam", "ausam-0.25 / sam", "ausam / torch-sgd", "sam / hand-sam"} <= set(
         setting["ratios"]
     )

@@ -226,11 +226,15 @@ class Clock:
 
 
 def _tensors(obj: Any, seen: set[int]) -> Iterator[torch.Tensor]:
-    """Tensors reachable from ``obj`` through attributes, dict values and sequences (not modules)."""
-    if id(obj) in seen or isinstance(obj, (nn.Module, torch.Generator, type, str, bytes, int, float)):
+    """Tensors reachable from ``obj`` through attributes, dict values and sequences; of a module, its
+    parameters and buffers (MESA's EMA copy of the model, say)."""
+    if id(obj) in seen or isinstance(obj, (torch.Generator, type, str, bytes, int, float)):
         return
     seen.add(id(obj))
-    if isinstance(obj, torch.Tensor):
+    if isinstance(obj, nn.Module):
+        yield from obj.parameters()
+        yield from obj.buffers()
+    elif isinstance(obj, torch.Tensor):
         yield obj
     elif isinstance(obj, dict):
         for value in obj.values():
@@ -245,8 +249,9 @@ def _tensors(obj: Any, seen: set[int]) -> Iterator[torch.Tensor]:
 
 
 def held_bytes(optimizer: Any, model: nn.Module) -> int:
-    """Bytes of the distinct storages an optimizer keeps, parameters and gradients excluded."""
-    own = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    """Bytes of the distinct storages an optimizer keeps, the model's parameters, gradients and buffers
+    excluded."""
+    own = {t.untyped_storage().data_ptr() for t in (*model.parameters(), *model.buffers())}
     own |= {p.grad.untyped_storage().data_ptr() for p in model.parameters() if p.grad is not None}
     storages: dict[int, int] = {}
     for t in _tensors(optimizer, set()):

@@ -64,13 +64,15 @@ def suite_setting(config: SpeedConfig, name: str, runs: list[TrainConfig], progr
 
 def setup_text(name: str, run: TrainConfig) -> str:
     """What was timed, for the report's first paragraph."""
+    images = f" ({run.subset} images" if run.subset else " (all images"
+    images += f", {run.val_fraction:.0%} held out for validation)" if run.val_fraction else ")"
     noise = f", {run.label_noise:.0%} label noise" if run.label_noise else ""
     crops = f", random crops (padding {run.crop_padding})" if run.crop_padding else ""
     memory = "channels-last" if run.channels_last else "contiguous"
     nesterov = " (Nesterov)" if run.nesterov and run.optimizer == "sgd" else ""
     return (
         f"The runs of suite `{name}` (seed 0), stepped through `flatsam train`'s own step: {run.dataset}"
-        f"{f' ({run.subset} training images)' if run.subset else ''}{noise}{crops}, {run.model} in the "
+        f"{images}{noise}{crops}, {run.model} in the "
         f"{memory} memory format, batch {run.batch_size}, {run.optimizer}{nesterov} lr {run.lr:g} with the "
         f"suite's schedule, each method with the suite's options."
     )
