@@ -5,9 +5,9 @@ validation split, augmentation, model, memory format, base optimizer and LR sche
 through the training loop's own ``Run.train_step``, the contenders interleaved in blocks as in
 :mod:`flatsam.train.speed`. Random images with a fixed recipe (``--speed`` alone) time a step in the
 abstract; this times the step the suite's runs take, so its ratios are the ones their training times
-should show. Measured on this project's grid: on ResNet-8 with Fashion-MNIST's 1×28×28 images in the
-channels-last format, a half-batch AUSAM step costs about what an SGD step does, where random 3×32×32
-images in the contiguous format made it 0.91× (``bench/README.md``, the step-time check).
+should show. Measured on this project's grid (``bench/grid-speed/``): on ResNet-8 with Fashion-MNIST's
+1×28×28 images in the channels-last format, a half-batch AUSAM step costs 1.02–1.06× an SGD step, where
+random 3×32×32 images in the contiguous format made it 0.91–0.93×.
 """
 
 from __future__ import annotations
