@@ -108,6 +108,18 @@ def test_until_sgd_and_sam_have_every_seed_no_candidate_is_judged(tmp_path):
     assert paths["frontier"].stat().st_size > 0 and paths["plot"].stat().st_size > 0
 
 
+def test_when_every_setting_has_its_references_and_none_decides_the_grid_says_it_cannot_test(tmp_path):
+    flat = {"sgd": (0.80, 0.845, 10.0), "sam": (0.85, 0.85, 20.0)}  # SAM leads by 0.5 early-stopped
+    for s in grid.SETTINGS[:-1]:
+        runs(tmp_path, s.name, flat)
+    pending = grid_report.verdict_text(grid_report.read_grid(tmp_path))
+    assert pending.endswith("No candidate can be judged yet.\n")  # one setting has no references yet
+    runs(tmp_path, grid.SETTINGS[-1].name, flat | {"ausam-halfrho": (0.85, 0.85, 9.0)})
+    text = grid_report.verdict_text(grid_report.read_grid(tmp_path))
+    assert text.startswith("0 of 8 settings complete; 0 with SGD's and SAM's seeds decide (0 held out).")
+    assert "No setting decides" in text and "cannot test the promise" in text
+
+
 def test_without_a_robust_candidate_the_closest_is_named_with_its_worst_setting(bench):
     runs(bench, TUNING, {"ausam-lowloss": (0.82, 0.82, 9.7)}, seeds=(3,))  # a 4th seed: mean -0.8 points
     text = grid_report.verdict_text(grid_report.read_grid(bench))

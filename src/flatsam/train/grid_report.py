@@ -201,7 +201,13 @@ def verdict_text(results: Sequence[SettingResult]) -> str:
     rows = standings(results)
     robust = [s.name for s in rows if s.robust]
     if not any(s.kept or s.missed for s in rows):
-        return f"{head} No candidate can be judged yet.\n"
+        if deciding or any(r.verdict is None for r in results):
+            return f"{head} No candidate can be judged yet.\n"
+        return (
+            f"{head} No setting decides: in none of them does SAM's early-stopped accuracy beat SGD's by "
+            "the rule's margin, so the grid cannot test the promise; the candidates' figures are reported "
+            "per setting, not counted.\n"
+        )
     if robust:
         return f"{head} Kept the promise in every deciding setting so far: {', '.join(robust)}.\n"
     judged = [s for s in rows if s.worst is not None and s.slowest is not None]
