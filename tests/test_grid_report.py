@@ -7,7 +7,7 @@ import csv
 import pytest
 
 from flatsam.cli import main
-from flatsam.train import grid, grid_report
+from flatsam.train import grid, grid_report, records
 from helpers import fabricate
 
 TUNING = "grid-cnn-40ep-n40-crop"
@@ -129,6 +129,20 @@ def test_without_a_robust_candidate_the_closest_is_named_with_its_worst_setting(
         f"The closest, ausam-halfrho, stays -0.70 points from SAM at its worst ({HELD}), at up to 0.96×"
         in text
     )
+
+
+def test_a_recorded_step_time_check_is_shown_beside_the_rule(bench):
+    assert "step-time check" not in (grid_report.write_grid_report(bench)["md"]).read_text()
+    label = grid_report.candidate_label("ausam-halfrho", setting(HELD))
+    ratios = {f"{label} / sgd": {"median": 1.021, "q1": 1.002, "q3": 1.073}}
+    ratios["sam / sgd"] = {"median": 2.0, "q1": 1.94, "q3": 2.08}
+    records.write_json(bench / "grid-speed" / HELD / "speed.json", {"settings": [{"ratios": ratios}]})
+    text = grid_report.write_grid_report(bench)["md"].read_text()
+    section = text.split("## The step-time check (beside the rule, not part of it)")[1]
+    rows = {line.split(" | ")[0].strip("| "): line for line in section.splitlines() if line.startswith("| ")}
+    assert rows["ausam-halfrho"] == "| ausam-halfrho | 1.02 [1.00, 1.07] |"
+    assert rows["sam"] == "| sam | 2.00 [1.94, 2.08] |" and rows["saf"] == "| saf | – |"
+    assert f"| candidate | `{HELD}` |" in section  # only the settings whose check is recorded
 
 
 def test_the_report_files_show_every_setting_and_candidate(bench, capsys):

@@ -343,6 +343,43 @@ def plot_frontier(results: Sequence[SettingResult], path: Path) -> Path:
     return save_png(plt, fig, path, dpi=120)
 
 
+#: where each setting's step-time check is recorded: ``BENCH/grid-speed/SETTING/speed.json``
+STEP_CHECK = "grid-speed"
+
+
+def step_check_table(root: Path, results: Sequence[SettingResult]) -> str:
+    """Markdown: each candidate's (and SAM's) step through the training loop ÷ SGD's, per setting whose
+    step-time check is recorded (``flatsam bench --speed --suite``); empty when none is."""
+    recorded: dict[str, dict[str, dict[str, float]]] = {}
+    for r in results:
+        path = root / STEP_CHECK / r.setting.name / "speed.json"
+        if path.is_file():
+            recorded[r.setting.name] = records.read_json(path)["settings"][0]["ratios"]
+    if not recorded:
+        return ""
+    by_name = {r.setting.name: r.setting for r in results}
+    names = [*(name for name, _ in grid.CANDIDATES), "sam"]
+
+    def cell(name: str, setting: str) -> str:
+        label = name if name == "sam" else candidate_label(name, by_name[setting])
+        ratio = recorded[setting].get(f"{label} / sgd")
+        return "–" if ratio is None else f"{ratio['median']:.2f} [{ratio['q1']:.2f}, {ratio['q3']:.2f}]"
+
+    table = md_table(
+        ["candidate", *(f"`{s}`" for s in recorded)],
+        ([escape(name), *(cell(name, s) for s in recorded)] for name in names),
+    )
+    return (
+        "\n## The step-time check (beside the rule, not part of it)\n\n"
+        + table
+        + f"\nEach step through the training loop on the setting's own data and recipe ÷ SGD's step, "
+        f"interleaved at epoch 6 (`flatsam bench --speed --suite SETTING --out BENCH/{STEP_CHECK}/SETTING`): "
+        "median [quartiles] of per-repeat ratios. With the first epoch at SAM's cost, it predicts a "
+        "candidate's whole-run time, and shows how close the time bar is where whole-run times sit near "
+        "1.0×.\n"
+    )
+
+
 def write_grid_report(root: Path, out: Path | None = None) -> dict[str, Path]:
     """Read the grid under ``root`` and write its report into ``out`` (default ``root/grid``)."""
     results = read_grid(root)
@@ -373,8 +410,9 @@ def write_grid_report(root: Path, out: Path | None = None) -> dict[str, Path]:
         "\nCells: mean final − SAM / mean early-stopped − SAM (points), mean training time ÷ SGD's in the "
         "same setting (on the clock the settings table names); ✓ keeps the promise, ✗ does not; in "
         "parentheses where the setting does not decide; '–' not run yet. Per-seed figures are in each "
-        "setting's `results.md`.\n\n",
-        "![gaps](gaps.png)\n\n![frontier](frontier.png)\n",
+        "setting's `results.md`.\n",
+        step_check_table(root, results),
+        "\n![gaps](gaps.png)\n\n![frontier](frontier.png)\n",
     ]
     records.atomic_write(paths["md"], lambda f: f.write("".join(text).encode()))
     records.atomic_write(paths["csv"], lambda f: f.write(csv_text(results).encode()))
