@@ -4,8 +4,10 @@ clock per setting, ``analysis.clock``); the robust
 preset is the candidate that keeps the promise in every deciding setting. Held-out settings are counted
 apart from the tuning setting, and a setting with missing runs is shown as such, never filled in.
 
-Reads ``BENCH/<setting>/runs`` for each setting of :mod:`flatsam.train.grid`; writes ``results.md``,
-``results.csv`` and ``gaps.png`` (candidates × settings, the worse of the two gaps) into ``BENCH/grid``.
+Reads ``BENCH/<setting>/runs`` for each setting of :mod:`flatsam.train.grid` (and, where recorded, its
+step-time check ``BENCH/grid-speed/<setting>/speed.json``, shown beside the rule); writes ``results.md``,
+``results.csv``, ``gaps.png`` (candidates × settings, the worse of the two gaps) and ``frontier.png`` into
+``BENCH/grid``.
 """
 
 from __future__ import annotations
