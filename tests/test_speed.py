@@ -225,4 +225,34 @@ def test_cli_speed_of_a_suite(tmp_path, capsys):
     assert result["suite"] == "quick" and result["config"]["contenders"] == ["sgd", "sam"]
     assert result["config"]["models"] == ["mlp"] and "sam / sgd" in capsys.readouterr().out
     assert main([*argv, "--models", "cnn"]) == 2
-    assert "--model and --batch-size" in capsys.readouterr().err
+    assert "--model, --batch-size" in capsys.readouterr().err
+
+
+def test_cli_speed_refuses_options_it_would_ignore(tmp_path, capsys):
+    """A training run's options do nothing to the random-image benchmark: refused, with the way to use
+    them (--suite), rather than silently dropped."""
+    argv = ["bench", "--speed", "--quick", "--out", str(tmp_path), "--no-progress"]
+    for extra, named in (
+        (["--lr", "0.1", "--model", "resnet8"], "--lr, --model"),
+        (["--seeds", "1"], "--seeds"),
+    ):
+        assert main([*argv, *extra]) == 2
+        assert f"does not use {named}" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
+
+
+def test_channels_last_random_images(tmp_path, one_thread, monkeypatch):
+    formats = []
+    make = speed.make_contender
+
+    def spy(text, model, *args):
+        weights = [p for p in model.parameters() if p.dim() == 4]
+        formats.append(all(w.is_contiguous(memory_format=torch.channels_last) for w in weights))
+        return make(text, model, *args)
+
+    monkeypatch.setattr(speed, "make_contender", spy)
+    config = SpeedConfig(**{**TINY, "repeats": 1}, contenders=("sgd", "sam"), channels_last=True)
+    paths = run_speed(config, tmp_path, progress=False)
+    assert formats == [True, True]
+    assert "images (channels-last memory format)" in paths["md"].read_text()
+    assert json.loads(paths["json"].read_text())["config"]["channels_last"] is True

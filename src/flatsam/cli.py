@@ -346,11 +346,7 @@ def cmd_speed(args: argparse.Namespace, suite: tuple[str, list[TrainConfig]] | N
     from flatsam.train.speed import QUICK, SpeedConfig, run_speed
     from flatsam.train.speed_suite import run_suite_speed
 
-    if suite is not None and (args.models or args.batch_sizes):
-        raise ValueError(
-            "--models and --batch-sizes choose the random-image settings; with --suite the suite's runs fix "
-            "the model and batch (change them with --model and --batch-size)"
-        )
+    refuse_unused_speed_options(args, suite is not None)
     given = {
         "contenders": None if suite else args.methods,
         "models": args.models,
@@ -359,6 +355,7 @@ def cmd_speed(args: argparse.Namespace, suite: tuple[str, list[TrainConfig]] | N
         "steps": args.steps,
         "device": getattr(args, "device", None),
         "threads": getattr(args, "threads", None),
+        "channels_last": None if suite else getattr(args, "channels_last", None),
         "profile": args.profile or None,
     }
     given = {k: tuple(v) if isinstance(v, list) else v for k, v in given.items() if v is not None}
@@ -372,6 +369,34 @@ def cmd_speed(args: argparse.Namespace, suite: tuple[str, list[TrainConfig]] | N
     print(paths["md"].read_text())
     print("written:", ", ".join(str(p) for p in paths.values()))
     return 0
+
+
+#: run options the random-image step-time benchmark uses; the others configure a training run
+SPEED_RUN_OPTIONS = ("device", "threads", "channels_last")
+
+
+def refuse_unused_speed_options(args: argparse.Namespace, suite: bool) -> None:
+    """``bench --speed`` ignores what it does not use: refuse such options rather than drop them."""
+    if suite:
+        unused = [name for name in ("models", "batch_sizes") if getattr(args, name)]
+        advice = "with --suite the suite's runs fix the model and batch (change them: --model, --batch-size)"
+    else:
+        run_options = {f.name for f in dataclasses.fields(TrainConfig)} - set(SPEED_RUN_OPTIONS)
+        unused = sorted(run_options & set(vars(args)))
+        advice = (
+            "they configure a training run, and --speed alone times random images with its own recipe: "
+            "choose models and batches with --models and --batch-sizes, or add --suite NAME to time that "
+            "suite's runs with these options"
+        )
+    if unused:
+        raise ValueError(f"bench --speed does not use {_flags(unused)}: {advice}")
+    if args.seeds or args.dry_run:
+        flags = _flags(["seeds", "dry_run"])
+        raise ValueError(f"bench --speed does not use {flags}: it times the steps of seed 0's runs")
+
+
+def _flags(names: list[str]) -> str:
+    return ", ".join("--" + name.replace("_", "-") for name in names)
 
 
 def cmd_report(args: argparse.Namespace) -> int:

@@ -78,6 +78,7 @@ class SpeedConfig:
     batches: int = 4  # distinct batches (the dataset: batches × batch size images)
     image_size: int = 32
     num_classes: int = 10
+    channels_last: bool = False  # images and model in the channels-last memory format (as flatsam train)
     device: str = "auto"
     threads: int | None = None
     seed: int = 0
@@ -326,11 +327,12 @@ def run_setting(config: SpeedConfig, model_name: str, batch_size: int, progress:
     torch.manual_seed(config.seed)
     n = config.batches * batch_size
     shape = (n, 3, config.image_size, config.image_size)
-    images = torch.randn(shape).to(device)
+    memory = torch.channels_last if config.channels_last else torch.contiguous_format
+    images = torch.randn(shape).to(device).contiguous(memory_format=memory)
     labels = torch.randint(0, config.num_classes, (n,)).to(device)
     order = torch.randperm(n)
     batches = [(images[i.to(device)], labels[i.to(device)], i) for i in order.split(batch_size)]
-    initial = build_model(model_name, 3, config.num_classes).to(device)
+    initial = build_model(model_name, 3, config.num_classes).to(device, memory_format=memory)
     contenders = {
         contender_label(text): make_contender(text, copy.deepcopy(initial), n, config.batches)
         for text in config.contenders
@@ -468,7 +470,8 @@ def _ms(value: float | None) -> str:
 def random_setup(config: SpeedConfig) -> str:
     """What the random-image settings time, for the report's first paragraph."""
     return (
-        f"Random 3×{config.image_size}×{config.image_size} images (contiguous memory format), "
+        f"Random 3×{config.image_size}×{config.image_size} images "
+        f"({'channels-last' if config.channels_last else 'contiguous'} memory format), "
         f"{config.num_classes} classes, {config.batches} distinct batches; SGD lr {BASE['lr']}, momentum "
         f"{BASE['momentum']}, weight decay {BASE['weight_decay']}, ρ {RHO} where on SAM's scale."
     )
