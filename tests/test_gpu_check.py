@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from flatsam import cli
 from flatsam.data import load_cifar10
 from flatsam.train import gpu_check
 
@@ -38,6 +39,9 @@ def test_cuda_steps_cover_tests_speed_training_and_dry_runs(tmp_path: Path) -> N
     speed = steps["speed"].argv
     assert speed[speed.index("--models") + 1 : speed.index("--models") + 3] == ("resnet18", "wrn28-10")
     assert "cuda" in speed and "cuda" in steps["train-ausam"].argv and "-m" in steps["cuda-tests"].argv
+    assert "--channels-last" in speed  # the memory format flatsam train uses
+    parsed = cli.build_parser().parse_args(list(speed[1:]))
+    cli.refuse_unused_speed_options(parsed, suite=False)  # every option is one the benchmark uses
     assert sum(s.timeout for s in steps.values()) < 60 * 60  # limits, not the expected time (minutes)
 
 

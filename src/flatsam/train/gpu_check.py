@@ -93,7 +93,7 @@ def steps(out: Path, cuda: bool, data_dir: Path | None) -> list[Step]:
             "sam",
             "ausam",
         )
-        speed += ("--batch-sizes", "128", "256", "--repeats", "5")
+        speed += ("--batch-sizes", "128", "256", "--repeats", "5", "--channels-last")  # as flatsam train
     else:
         speed = ("--quick", "--methods", "torch-sgd", "hand-sam", "sam", "ausam")
     bench = ("flatsam", "bench", "--no-progress", "--no-record-command")
