@@ -46,15 +46,16 @@ class LoopContender:
 
 
 def suite_setting(config: SpeedConfig, name: str, runs: list[TrainConfig], progress: bool) -> dict[str, Any]:
-    """Warm up and time the runs' steps, interleaved; one setting of the report."""
+    """Warm up and time the runs' steps, interleaved (labelled by ``config.contenders``); one setting of
+    the report."""
     first = runs[0]
     data = load_data(first)
     with tempfile.TemporaryDirectory(prefix="flatsam-speed-") as tmp, contextlib.ExitStack() as stack:
         contenders: dict[str, LoopContender] = {}
-        for number, run in enumerate(runs):
+        for number, (label, run) in enumerate(zip(config.contenders, runs, strict=True)):
             contender = LoopContender(run.replace(run_dir=str(Path(tmp) / str(number))), data)
             stack.callback(contender.close)
-            contenders[run.label or run.method] = contender
+            contenders[label] = contender
         steps = next(iter(contenders.values())).run.setup.steps_per_epoch
         device = resolve_device(first.device)
         batches = [(batch,) for batch in range(steps)]
@@ -90,10 +91,9 @@ def run_suite_speed(
     """Time the steps of ``runs`` (one per method of suite ``name``); write ``speed.md``, ``speed.json``."""
     if not runs:
         raise ValueError("give at least one method to time")
-    labels = [run.label or run.method for run in runs]
     config = dataclasses.replace(  # what the suite's runs fix, recorded with the rest
         config,
-        contenders=tuple(labels),
+        contenders=tuple(run.label or run.method for run in runs),
         models=(runs[0].model,),
         batch_sizes=(runs[0].batch_size,),
         threads=runs[0].threads or config.threads,
