@@ -10,7 +10,7 @@ import torch.nn.functional as F
 import flatsam
 from flatsam.methods import build_method
 from flatsam.methods.saf import MESA, SAF, OutputHistory, trajectory_kl
-from helpers import KW, LR, MOMENTUM, WD, assert_matches, batches, round_trip, same
+from helpers import KW, LR, MOMENTUM, WD, assert_matches, batches, closure_for, round_trip, same
 from reference import MomentumSGD, tiny_mlp, toy_data
 from reference_saf import ReferenceMESA, ReferenceSAF, kl_term
 
@@ -271,13 +271,14 @@ def test_cuda_steps_make_no_host_synchronisation(method, options):
     for epoch in range(3):
         opt.set_epoch(epoch)
         for step, idx in enumerate(order):
+            losses = closure_for(model, x, y, idx) if method == "gsam" else closure(opt, model, x, y, idx)
             if epoch == 0 and step == 0:  # the step that creates the optimizer state may read the flag
-                opt.step(closure(opt, model, x, y, idx), index=idx)
+                opt.step(losses, index=idx)
                 continue
             torch.cuda.synchronize()
             torch.cuda.set_sync_debug_mode("error")
             try:
-                info = opt.step(closure(opt, model, x, y, idx), index=idx)
+                info = opt.step(losses, index=idx)
             finally:
                 torch.cuda.set_sync_debug_mode("default")
             assert not info.skipped

@@ -175,6 +175,27 @@ def test_skipping_on_the_device_matches_skipping_on_the_host():
     assert same(runs[0], runs[1])
 
 
+def test_a_torch_without_foreach_clone_gives_the_same_steps(monkeypatch):
+    """torch 2.11 (a CUDA image's) has no ``torch._foreach_clone``: the engine's copies fall back to one
+    ``clone`` each, with the same weights and state bit for bit, skipped steps included."""
+    runs = []
+    for lacks in (False, True):
+        if lacks:
+            monkeypatch.delattr(torch, "_foreach_clone")
+        x, y = toy_data()
+        model = bn_mlp()
+        opt = build("ausam", model)
+        for epoch in range(2):
+            opt.set_epoch(epoch)
+            for step, idx in enumerate(torch.arange(24).split(8)):
+                skip = (epoch, step) == (1, 1)
+                closure = poisoned(model, x, y, idx, 0, 1e400) if skip else per_sample(model, x, y, idx)
+                assert opt.step(closure, index=idx).skipped == skip
+        runs.append(snapshot(model, opt))
+    assert not hasattr(torch, "_foreach_clone")
+    assert same(runs[0], runs[1])
+
+
 def cloned_sizes(monkeypatch) -> list[int]:
     """Element counts of every ``torch._foreach_clone`` call from now on (the engine's copies)."""
     sizes: list[int] = []

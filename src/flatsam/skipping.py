@@ -94,8 +94,14 @@ class Verdict:
 
 
 def clones(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
-    """Copies of ``tensors`` by one ``torch._foreach_clone`` (which refuses an empty list)."""
-    return list(torch._foreach_clone(tensors)) if tensors else []
+    """Copies of ``tensors``: one ``torch._foreach_clone`` where torch has it (a private kernel that
+    refuses an empty list; torch 2.13 has it, 2.11 does not), else one ``clone`` each."""
+    foreach_clone = getattr(torch, "_foreach_clone", None)
+    if not tensors:
+        return []
+    if foreach_clone is None:
+        return [t.clone() for t in tensors]
+    return list(foreach_clone(tensors))
 
 
 def _same_layout(before: dict[str, Any] | None, after: dict[str, Any] | None) -> bool:
