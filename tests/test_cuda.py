@@ -174,3 +174,26 @@ def test_ddp_with_nccl_through_the_harness(tmp_path: Path) -> None:
     result = json.loads((run / "result.json").read_text())
     assert result["epochs"] == 2 and result["skipped_steps"] == 0
     assert 0.0 <= result["final_test_acc"] <= 1.0
+
+
+def test_the_harness_builds_a_fused_base_whose_steps_read_nothing_on_the_host(tmp_path: Path) -> None:
+    """``flatsam train`` on CUDA steps a fused base (it obeys the skip flag itself: no copy of its state, no
+    ``where`` per tensor), and its optimizer steps after the first make no host synchronisation."""
+    from flatsam.train.loop import Run
+    from helpers import tiny_run_config
+
+    config = tiny_run_config(tmp_path / "run", device="cuda", method="sam", method_options={})
+    run = Run(config, progress=False)
+    base = run.setup.optimizer.base
+    assert isinstance(base, torch.optim.SGD) and base.defaults["fused"]
+    run.train_step(0, 0)  # creates the momentum buffers (the one step that may read the flag)
+    step = run.setup.optimizer.step
+
+    def guarded(*args, **kwargs):
+        with no_host_sync():
+            return step(*args, **kwargs)
+
+    run.setup.optimizer.step = guarded
+    info = run.train_step(0, 1)
+    assert not info.skipped
+    run.close()

@@ -256,3 +256,21 @@ def test_channels_last_random_images(tmp_path, one_thread, monkeypatch):
     assert formats == [True, True]
     assert "images (channels-last memory format)" in paths["md"].read_text()
     assert json.loads(paths["json"].read_text())["config"]["channels_last"] is True
+
+
+def test_on_cuda_every_base_is_fused_as_flatsam_train_builds_it():
+    """``flatsam train`` and every step-time contender take torch's fused SGD on CUDA (it obeys the skip
+    flag itself) and the plain one elsewhere; the settings are otherwise the same."""
+    from flatsam.train.config import TrainConfig
+    from flatsam.train.loop import base_optimizer
+
+    config = TrainConfig(method="sam", lr=0.05, momentum=0.9, weight_decay=5e-4)
+    base, on_cpu = base_optimizer(config, torch.device("cpu"))
+    _, on_cuda = base_optimizer(config, torch.device("cuda"))
+    assert base is torch.optim.SGD and "fused" not in on_cpu and on_cuda == {**on_cpu, "fused": True}
+    assert base_optimizer(config) == (base, on_cpu)
+    _, adam = base_optimizer(config.replace(optimizer="adam"), torch.device("cuda"))
+    assert adam["fused"] is True
+    model = build_model("cnn", 3, 10)
+    assert speed.base_for(model) == speed.BASE and "fused" not in speed.base_for(model)
+    assert speed.make_contender("sam", model, 8, 2).optimizer.base.defaults["fused"] in (None, False)

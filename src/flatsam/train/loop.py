@@ -103,14 +103,20 @@ def load_data(config: TrainConfig) -> ImageData:
     return get_task(config).load()
 
 
-def base_optimizer(config: TrainConfig) -> tuple[type[torch.optim.Optimizer], dict[str, Any]]:
-    """The base optimizer class of ``config`` and its keywords."""
+def base_optimizer(
+    config: TrainConfig, device: torch.device | None = None
+) -> tuple[type[torch.optim.Optimizer], dict[str, Any]]:
+    """The base optimizer class of ``config`` and its keywords; on a CUDA ``device``, torch's fused kernel
+    (``fused=True``): one launch for the update, and it obeys the engine's skip flag itself, where an
+    unfused base is masked by a copy of its state and a ``where`` per tensor, host work that made a
+    ResNet-18 step at batch 256 on an H200 1.5× torch SGD's (``bench/gpu/``)."""
+    fused = {"fused": True} if device is not None and device.type == "cuda" else {}
     if config.optimizer == "sgd":
         kwargs = dict(
             lr=config.lr, momentum=config.momentum, nesterov=config.nesterov, weight_decay=config.weight_decay
         )
-        return torch.optim.SGD, kwargs
-    return torch.optim.Adam, dict(lr=config.lr, weight_decay=config.weight_decay)
+        return torch.optim.SGD, {**kwargs, **fused}
+    return torch.optim.Adam, dict(lr=config.lr, weight_decay=config.weight_decay, **fused)
 
 
 def check_method(config: TrainConfig) -> None:
@@ -190,7 +196,7 @@ def build(config: TrainConfig, data: ImageData | None = None) -> Setup:
     def tensors(x: torch.Tensor) -> torch.Tensor:
         return normalize(x, data.mean, data.std).to(device).contiguous(memory_format=memory)
 
-    base, base_kwargs = base_optimizer(config)
+    base, base_kwargs = base_optimizer(config, device)
     steps_per_epoch = math.ceil(data.num_train / config.batch_size)
     total = steps_per_epoch * config.epochs
     optimizer = build_method(
