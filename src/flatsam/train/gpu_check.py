@@ -1,6 +1,6 @@
 """``make gpu-check`` (``python -m flatsam.train.gpu_check``): the GPU paths, in one command, into one folder.
 
-On a CUDA machine, in well under 10 minutes: the CUDA-marked tests (no host synchronisation on the
+On a CUDA machine, in about 3 minutes on an H200: the CUDA-marked tests (no host synchronisation on the
 sync-free path, fp16 with ``GradScaler`` and bf16, DDP with NCCL), the step-time benchmark of ResNet-18
 and WRN-28-10 (AUSAM/SAM, SAM/hand-written, images/s), short CIFAR-shaped training runs of SGD, SAM and
 AUSAM, and the paper suites' dry-runs with their time probe. Without CUDA it says so and runs the
