@@ -15,7 +15,9 @@ fi
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
-# torch is pinned to 2.13.0 in pyproject.toml: on the project's machines that is a CPU wheel on disk.
+# torch 2.13.0 first, pinned: on the project's machines that is a CPU wheel on disk, while flatsam's own
+# range (torch>=2.11) would let pip pick a newer, multi-GB CUDA build. pip then keeps it for flatsam.
+.venv/bin/python -m pip install --quiet --disable-pip-version-check "torch==2.13.0"
 # FLATSAM_EXTRAS=dev,integrations also installs the framework adapters' extras (a few minutes more; their
 # tests are skipped without them).
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[${FLATSAM_EXTRAS:-dev}]"

@@ -41,7 +41,7 @@ def test_wheel_holds_the_package_and_its_metadata(dist):
     assert "flatsam/py.typed" in names and "flatsam/engine.py" in names
     assert not any(n.startswith("tests/") for n in names)
     meta = zipfile.ZipFile(wheel).read(f"flatsam-{flatsam.__version__}.dist-info/METADATA").decode()
-    assert "Requires-Dist: torch==2.13.0" in meta  # pinned: a range would pull a CUDA build
+    assert "Requires-Dist: torch>=2.11" in meta  # a range: installing flatsam keeps the user's torch
     for extra in ("dev", "integrations", "docs", "release"):
         assert f"Provides-Extra: {extra}" in meta
 
