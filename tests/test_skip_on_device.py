@@ -8,6 +8,7 @@ SAM keeps one copy of the weights, no copy of the optimizer state; a fused base 
 from __future__ import annotations
 
 import copy
+import warnings
 from collections import Counter
 
 import pytest
@@ -507,3 +508,47 @@ def test_a_skipped_first_ascent_leaves_the_reuse_adding_exactly_nothing(make):
     p.grad = grad.clone()
     reuse.apply(ctx, [p])
     assert not torch.equal(p.grad, grad)  # mixed in now
+
+
+class Plain(torch.optim.Optimizer):
+    """A base optimizer with no fused kernel to offer: ``w ← w − lr g``."""
+
+    def __init__(self, params, lr: float) -> None:
+        super().__init__(params, {"lr": lr})
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    p.add_(p.grad, alpha=-group["lr"])
+
+
+@pytest.mark.parametrize(
+    ("base", "kwargs", "hinted"),
+    [
+        (torch.optim.SGD, dict(KW), True),
+        (torch.optim.SGD, {**KW, "fused": True}, False),
+        (torch.optim.AdamW, {"lr": 0.01}, True),
+        (Plain, {"lr": 0.1}, False),
+    ],
+    ids=["sgd", "sgd-fused", "adamw", "no-fused-kernel"],
+)
+def test_an_unfused_base_that_could_be_fused_is_named_once(base, kwargs, hinted):
+    """A sync-free step masks an unfused base by a copy and a ``where`` per tensor: flatsam says so once,
+    at the caller's line, with the way out (``fused=True`` or ``sync_free=False``); never for a fused base
+    or one that has no fused kernel."""
+    x, y = toy_data()
+    model = bn_mlp()
+    over = {"sync_free": True}
+    opt = flatsam.build_method("sam", model.parameters(), base, model=model, overrides=over, **kwargs)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for idx in torch.arange(24).split(8):
+            opt.step(per_sample(model, x, y, idx), index=idx)
+    hints = [w for w in caught if "is not fused" in str(w.message)]
+    assert len(hints) == (1 if hinted else 0)
+    if hinted:
+        assert f"Pass fused=True to {base.__name__}" in str(hints[0].message)
+        assert "sync_free=False" in str(hints[0].message)
+        assert hints[0].filename == __file__

@@ -31,7 +31,7 @@ from flatsam.plan import Pass
 from flatsam.reuse import NoReuse, Reuse
 from flatsam.schedule import Always, Schedule
 from flatsam.selection import AllRows, RowPlan, Selection, all_rows
-from flatsam.skipping import Verdict, clones, masked_step
+from flatsam.skipping import Verdict, clones, masked_step, unfused_hint
 from flatsam.stepinfo import Counter, StepInfo
 from flatsam.two_step import TwoStepAPI
 from flatsam.validate import check_flag, check_param_groups
@@ -133,6 +133,7 @@ class SharpnessAware(TwoStepAPI, PlanWalker, torch.optim.Optimizer):
         self.max_grad_norm = max_grad_norm
         self.check_finite = check_finite
         self.sync_free = sync_free
+        self._fused_hinted = False  # the hint of an unfused base, once
 
     def _init_base(self, params: Any, base: Any, rho: float, base_kwargs: dict[str, Any]) -> None:
         """Share ``param_groups`` and ``state`` with the base optimizer, made here from a class or given."""
@@ -262,6 +263,14 @@ class SharpnessAware(TwoStepAPI, PlanWalker, torch.optim.Optimizer):
         )  # type: ignore[arg-type]
         self.step_count += 1
         return ctx
+
+    def _hint_fused(self) -> None:
+        """Say once per optimizer that an unfused base costs a masked copy on every sync-free step."""
+        if not self._fused_hinted:
+            self._fused_hinted = True
+            hint = unfused_hint(self.base)
+            if hint is not None:
+                warnings.warn(hint, stacklevel=5)
 
     def _warn_if_grads_present(self) -> None:
         marks = grad_marks(self.params)
@@ -540,6 +549,7 @@ class SharpnessAware(TwoStepAPI, PlanWalker, torch.optim.Optimizer):
             scaler.step(self.base)
             scaler.update()
         elif outcome.found_inf is not None:
+            self._hint_fused()
             masked_step(self.base, outcome.found_inf, step.saved)
         else:
             self.base.step()

@@ -179,6 +179,21 @@ def masked_step(
             optimizer.state[p] = state
 
 
+def unfused_hint(optimizer: torch.optim.Optimizer) -> str | None:
+    """Why and how to fuse ``optimizer``, when ``masked_step`` must mask it: a torch optimizer that offers
+    ``fused=True`` (SGD, Adam, AdamW, …) built without it; else None."""
+    defaults = optimizer.defaults
+    if "fused" not in defaults or defaults["fused"]:
+        return None
+    name = type(optimizer).__name__
+    return (
+        f"the base optimizer {name} is not fused: a step that keeps its finiteness check on the device "
+        "(sync_free) masks it with a copy of its state and one torch.where per tensor, host work that made "
+        "an SGD step 1.5x torch's on ResNet-18 at batch 256 on an H200. Pass fused=True to "
+        f"{name} (it obeys the skip flag itself), or sync_free=False to read the flag on the host instead"
+    )
+
+
 def _step_with_found_inf(optimizer: torch.optim.Optimizer, found_inf: torch.Tensor) -> None:
     """``optimizer.step()`` with GradScaler's protocol: the flag as a float tensor, gradients unscaled."""
     optimizer.grad_scale = None  # type: ignore[attr-defined]
