@@ -112,3 +112,14 @@ def test_progress_bar_shows_the_loss_from_the_first_step(tmp_path, monkeypatch):
     loop.Run(config, progress=True).run()
     assert len(postfixes) == 3
     assert postfixes[0]["epoch"] == "1" and float(postfixes[0]["loss"]) > 0 and postfixes[0]["test"] == "-"
+
+
+def test_train_keeps_its_checkpoint_unless_told_not_to(tmp_path, capsys):
+    """``--no-keep-checkpoint`` deletes the finished run's checkpoint and nothing else; by default it stays
+    (``--resume`` of a finished run, or a longer run from it, needs it)."""
+    for flag, kept in ((None, True), ("--no-keep-checkpoint", False)):
+        run_dir = tmp_path / str(kept)
+        argv = ["train", "--method", "sgd", "--epochs", "1", "--run-dir", str(run_dir), "--no-progress"]
+        assert main([*argv, *small_cli_args(128), *([flag] if flag else [])]) == 0
+        assert (run_dir / "checkpoint.pt").exists() == kept
+        assert {"config.json", "metrics.jsonl", "result.json"} <= {p.name for p in run_dir.iterdir()}

@@ -62,3 +62,5 @@ def test_cpu_part_runs_and_exits_zero(tmp_path: Path, capsys) -> None:
     summary = (tmp_path / "check" / "summary.md").read_text()
     assert summary.count("| ok |") == 4
     assert (tmp_path / "check" / "train-ausam" / "result.json").is_file()
+    # the folder is ready to commit (and small enough to bring back from a lent GPU machine)
+    assert not (tmp_path / "check" / "train-ausam" / "checkpoint.pt").exists()

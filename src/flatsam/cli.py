@@ -278,7 +278,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         # the Run is a temporary, not a local: it and its DDP model are freed before the process group
         progress = not args.no_progress
         result = Run(
-            config, resume=args.resume, overwrite=args.overwrite, progress=progress, epoch_lines=True
+            config,
+            resume=args.resume,
+            overwrite=args.overwrite,
+            progress=progress,
+            epoch_lines=True,
+            keep_checkpoint=args.keep_checkpoint,
         ).run()
         if not launch.is_main():
             return 0
@@ -514,6 +519,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--quick", action="store_true", help="600 images (the synthetic set: all 512), 2 epochs"
     )
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.add_argument(
+        "--keep-checkpoint",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="keep the last checkpoint once the run has finished; --no-keep-checkpoint deletes it (a run "
+        "stopped early still leaves one to resume from)",
+    )
     compose = train.add_argument_group("composition (with --method custom; options as --opt KIND.KEY=VALUE)")
     for kind in COMPONENT_KINDS:
         compose.add_argument(f"--{kind}", help=f"{kind} by name (see: flatsam methods --components)")

@@ -101,7 +101,7 @@ def steps(out: Path, cuda: bool, data_dir: Path | None) -> list[Step]:
         Step("speed", (*bench, "--speed", *speed, "--device", device, "--out", str(out / "speed")), 300)
     )
     train = ["flatsam", "train", "--dataset", "cifar10", "--data-dir", str(data_dir), "--device", device]
-    train += ["--crop-padding", "4", "--flip", "--cutout", "16", "--no-progress"]
+    train += ["--crop-padding", "4", "--flip", "--cutout", "16", "--no-progress", "--no-keep-checkpoint"]
     train += ["--model", "resnet18", "--epochs", "3", "--batch-size", "256", "--lr", "0.1"] if cuda else []
     train += [] if cuda else ["--model", "resnet8", "--epochs", "1", "--batch-size", "64"]
     for method in ("sgd", "sam", "ausam") if cuda else ("ausam",):
