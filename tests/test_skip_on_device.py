@@ -25,6 +25,9 @@ from helpers import KW, HostReads, ascent_outcome, round_trip, same
 from helpers import closure_for as per_sample
 from reference import bn_mlp, toy_data
 
+# these tests force sync_free with an unfused base on purpose; the hint it earns is tested on its own below
+pytestmark = pytest.mark.filterwarnings("ignore:the base optimizer .* is not fused:UserWarning")
+
 ON_DEVICE = ("sgd", "sam", "asam", "ausam", "ksam")
 #: Methods with a reuse rule, small enough that every branch runs within a few epochs of 3 steps: LookSAM
 #: ascends at steps 0, 3, 6, …; ARSAM's warm-up is epoch 0, its windows of 4 start with epoch 1 (the first
