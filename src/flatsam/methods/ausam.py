@@ -121,7 +121,8 @@ register(
     MethodInfo(
         "ausam-halfrho",
         functools.partial(AUSAM, rho=0.05),
-        "AUSAM with half of SAM's ρ (within 0.5 points of SAM at SGD's cost in our 100-epoch benchmarks)",
+        "AUSAM with half of SAM's ρ (within 0.5 points of SAM at SGD's cost in the 100-epoch suites where it "
+        "was tuned; not in the grid's first deciding setting)",
         "Deng et al., AAAI 2025, at ρ 0.05 (flatsam's benchmarks)",
         {
             "rho": Default(
