@@ -103,14 +103,19 @@ def load_data(config: TrainConfig) -> ImageData:
     return get_task(config).load()
 
 
+def fused_on(device: torch.device | None) -> dict[str, Any]:
+    """The base optimizer's extra keywords on ``device``: on CUDA, torch's fused kernel (``fused=True``),
+    one launch for the update that obeys the engine's skip flag itself, where an unfused base is masked
+    by a copy of its state and a ``where`` per tensor, host work that made a ResNet-18 step at batch 256
+    on an H200 1.5× torch SGD's (``bench/gpu/``); elsewhere none."""
+    return {"fused": True} if device is not None and device.type == "cuda" else {}
+
+
 def base_optimizer(
     config: TrainConfig, device: torch.device | None = None
 ) -> tuple[type[torch.optim.Optimizer], dict[str, Any]]:
-    """The base optimizer class of ``config`` and its keywords; on a CUDA ``device``, torch's fused kernel
-    (``fused=True``): one launch for the update, and it obeys the engine's skip flag itself, where an
-    unfused base is masked by a copy of its state and a ``where`` per tensor, host work that made a
-    ResNet-18 step at batch 256 on an H200 1.5× torch SGD's (``bench/gpu/``)."""
-    fused = {"fused": True} if device is not None and device.type == "cuda" else {}
+    """The base optimizer class of ``config`` and its keywords on ``device`` (:func:`fused_on`)."""
+    fused = fused_on(device)
     if config.optimizer == "sgd":
         kwargs = dict(
             lr=config.lr, momentum=config.momentum, nesterov=config.nesterov, weight_decay=config.weight_decay

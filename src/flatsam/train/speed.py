@@ -35,7 +35,7 @@ from flatsam.methods import METHODS, build_method, method_info
 from flatsam.models import build_model
 from flatsam.train import records
 from flatsam.train.config import MethodSpec
-from flatsam.train.loop import resolve_device
+from flatsam.train.loop import fused_on, resolve_device
 
 TORCH_SGD, HAND_SAM = "torch-sgd", "hand-sam"
 #: presets whose steps without an ascent are compared with a torch SGD step
@@ -106,11 +106,10 @@ QUICK = SpeedConfig(models=("cnn",), batch_sizes=(16,), repeats=3, steps=2, warm
 
 
 def base_for(model: nn.Module) -> dict[str, Any]:
-    """The base SGD's keywords for ``model``'s device, for every contender alike: ``fused=True`` on CUDA,
-    as ``flatsam train`` builds it there (the fastest plain loop torch offers, so the comparison is
-    conservative)."""
-    on_cuda = any(p.is_cuda for p in model.parameters())
-    return {**BASE, "fused": True} if on_cuda else dict(BASE)
+    """The base SGD's keywords for ``model``'s device, for every contender alike, as ``flatsam train``
+    builds it there (:func:`~flatsam.train.loop.fused_on`: fused on CUDA, the fastest plain loop torch
+    offers, so the comparison is conservative)."""
+    return {**BASE, **fused_on(next(model.parameters()).device)}
 
 
 class TorchSGD:
