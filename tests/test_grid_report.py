@@ -102,7 +102,7 @@ def test_until_sgd_and_sam_have_every_seed_no_candidate_is_judged(tmp_path):
     runs(tmp_path, TUNING, {"sgd": REFS["sgd"], "ausam-halfrho": (0.85, 0.85, 9.0)})
     runs(tmp_path, TUNING, {"sam": REFS["sam"]}, seeds=(0, 1))
     text = grid_report.verdict_text(grid_report.read_grid(tmp_path))
-    head = "0 of 8 settings complete; 0 with SGD's and SAM's seeds decide (0 held out)."
+    head = "0 of 8 settings complete; 0 have every SGD and SAM seed, and 0 of those decide (0 held out)."
     assert text == f"{head} No candidate can be judged yet.\n"
     paths = grid_report.write_grid_report(tmp_path)  # the plots say so rather than fail
     assert paths["frontier"].stat().st_size > 0 and paths["plot"].stat().st_size > 0
@@ -116,7 +116,8 @@ def test_when_every_setting_has_its_references_and_none_decides_the_grid_says_it
     assert pending.endswith("No candidate can be judged yet.\n")  # one setting has no references yet
     runs(tmp_path, grid.SETTINGS[-1].name, flat | {"ausam-halfrho": (0.85, 0.85, 9.0)})
     text = grid_report.verdict_text(grid_report.read_grid(tmp_path))
-    assert text.startswith("0 of 8 settings complete; 0 with SGD's and SAM's seeds decide (0 held out).")
+    head = "0 of 8 settings complete; 8 have every SGD and SAM seed, and 0 of those decide (0 held out)."
+    assert text.startswith(f"{head} Which settings decide is final, and so is the verdict.")
     assert "No setting decides" in text and "cannot test the promise" in text
 
 
@@ -129,6 +130,26 @@ def test_without_a_robust_candidate_the_closest_is_named_with_its_worst_setting(
         f"The closest, ausam-halfrho, stays -0.70 points from SAM at its worst ({HELD}), at up to 0.96×"
         in text
     )
+
+
+def test_once_every_setting_has_its_references_the_verdict_waits_only_for_deciding_settings(bench):
+    flat = {"sgd": (0.80, 0.845, 10.0), "sam": (0.85, 0.85, 20.0)}
+    for s in grid.SETTINGS:
+        if s.name not in (TUNING, HELD, FLAT, PARTIAL):
+            runs(bench, s.name, flat)  # nothing else decides
+    runs(bench, PARTIAL, {"sam": REFS["sam"]}, seeds=(1, 2))  # PARTIAL now decides, without candidates
+    text = grid_report.verdict_text(grid_report.read_grid(bench))
+    assert "8 have every SGD and SAM seed, and 3 of those decide (2 held out)." in text
+    assert "Which settings decide is final; the verdict waits for candidates' seeds." in text
+    assert "Kept the promise in every deciding setting so far: " not in text  # PARTIAL has no candidate
+    missing = {"ausam-mix", "ausam-late", "mesa", "mesa-ema4ep"}  # kept wherever they run
+    kept = {name: (0.849, 0.849, 9.7) for name, _ in grid.CANDIDATES if name in missing}
+    runs(bench, TUNING, kept)
+    runs(bench, HELD, kept)
+    runs(bench, PARTIAL, {name: (0.849, 0.849, 9.7) for name, _ in grid.CANDIDATES})
+    text = grid_report.verdict_text(grid_report.read_grid(bench))
+    assert "Which settings decide is final, and so is the verdict." in text
+    assert "Kept the promise in every deciding setting: ausam-mix, ausam-lowloss, ausam-late, mesa," in text
 
 
 def test_a_recorded_step_time_check_is_shown_beside_the_rule(bench):

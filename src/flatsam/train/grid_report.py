@@ -195,12 +195,18 @@ def standings_table(rows: Sequence[Standing]) -> str:
 def verdict_text(results: Sequence[SettingResult]) -> str:
     """The grid's answer so far, in one paragraph."""
     complete = sum(r.complete for r in results)
+    referenced = sum(r.verdict is not None for r in results)
     deciding = [r for r in results if r.decides]
     head = (
-        f"{complete} of {len(results)} settings complete; {len(deciding)} with SGD's and SAM's seeds "
-        f"decide ({sum(not r.setting.tuning for r in deciding)} held out)."
+        f"{complete} of {len(results)} settings complete; {referenced} have every SGD and SAM seed, and "
+        f"{len(deciding)} of those decide ({sum(not r.setting.tuning for r in deciding)} held out)."
     )
     rows = standings(results)
+    final = referenced == len(results) and not any(s.pending for s in rows)
+    if referenced == len(results):
+        head += " Which settings decide is final" + (
+            ", and so is the verdict." if final else "; the verdict waits for candidates' seeds."
+        )
     robust = [s.name for s in rows if s.robust]
     if not any(s.kept or s.missed for s in rows):
         if deciding or any(r.verdict is None for r in results):
@@ -210,14 +216,15 @@ def verdict_text(results: Sequence[SettingResult]) -> str:
             "the rule's margin, so the grid cannot test the promise; the candidates' figures are reported "
             "per setting, not counted.\n"
         )
+    so_far = "" if final else " so far"
     if robust:
-        return f"{head} Kept the promise in every deciding setting so far: {', '.join(robust)}.\n"
+        return f"{head} Kept the promise in every deciding setting{so_far}: {', '.join(robust)}.\n"
     judged = [s for s in rows if s.worst is not None and s.slowest is not None]
     # the closest: within SGD's time first, then by the worst gap
     best = max(judged, key=lambda s: (s.slowest <= promise.PROMISE_TIME, s.worst[1]))  # type: ignore[index,operator]
     where, gap = best.worst  # type: ignore[misc]
     return (
-        f"{head} No candidate has kept the promise in every deciding setting so far. The closest, "
+        f"{head} No candidate has kept the promise in every deciding setting{so_far}. The closest, "
         f"{best.name}, stays {_points(gap)} points from SAM at its worst ({where}), at up to "
         f"{best.slowest:.2f}× SGD's training time.\n"
     )
