@@ -210,7 +210,8 @@ def verdict_text(results: Sequence[SettingResult]) -> str:
     deciding = [r for r in results if r.decides]
     head = (
         f"{complete} of {len(results)} settings complete; {referenced} have every SGD and SAM seed, and "
-        f"{len(deciding)} of those decide{'s' * (len(deciding) == 1)} ({sum(not r.setting.tuning for r in deciding)} held out)."
+        f"{len(deciding)} of those decide{'s' * (len(deciding) == 1)} "
+        f"({sum(not r.setting.tuning for r in deciding)} held out)."
     )
     rows = standings(results)
     final = referenced == len(results) and not any(s.pending for s in rows)
