@@ -232,3 +232,12 @@ def test_a_setting_is_timed_on_cpu_time_only_where_every_run_recorded_it(tmp_pat
     result = {r.setting.name: r for r in grid_report.read_grid(tmp_path)}[HELD]
     assert result.verdict.clock == "train_time"
     assert result.promises["ausam-halfrho"].time_vs_sgd == pytest.approx(10 / 15)
+
+
+def test_a_candidate_short_of_seeds_shows_how_many_it_has(bench):
+    runs(bench, FLAT, {"ausam-mix": (0.85, 0.85, 9.0)}, seeds=(0,))
+    runs(bench, FLAT, {"ausam-late": (0.85, 0.85, 9.0)}, seeds=(0, 1))
+    table = grid_report.matrix_table(grid_report.read_grid(bench))
+    rows = {line.split(" | ")[0]: line for line in table.splitlines()}
+    assert rows["| ausam-mix"].count("(1 seed)") == 1 and rows["| ausam-late"].count("(2 seeds)") == 1
+    assert "seed" not in rows["| ausam-halfrho"]  # all three of its seeds, where it ran

@@ -176,7 +176,8 @@ def matrix_table(results: Sequence[SettingResult]) -> str:
         if p is None:
             return "–"
         text = f"{_points(p.final_gap)} / {_points(p.early_gap)}, {p.time_vs_sgd:.2f}×"
-        partial = "" if r.seeds[name] == SEEDS else f" ({r.seeds[name]} seeds)"
+        n = r.seeds[name]
+        partial = "" if n == SEEDS else f" ({n} seed{'s' * (n != 1)})"
         return f"{text}{' ✓' if p.holds else ' ✗'}{partial}" if r.decides else f"({text}){partial}"
 
     columns = ["candidate", *(f"`{r.setting.name}`" for r in results)]
