@@ -186,12 +186,17 @@ class Verdict:
         return self.margin is not None and self.margin_needed is not None and self.margin > self.margin_needed
 
     @property
+    def leads(self) -> bool:
+        """SAM's early-stopped accuracy beats SGD's by ≥ ``DECIDES_MIN``, whatever the seeds' spread."""
+        return self.early_margin is not None and self.early_margin >= DECIDES_MIN - 1e-12
+
+    @property
     def decides(self) -> bool:
-        """SAM's early-stopped accuracy beats SGD's by ≥ ``DECIDES_MIN`` and by more than ``DECIDES_STDS``
-        seed standard deviations (never with fewer than two seeds of either)."""
-        if self.early_margin is None or self.early_std is None:
+        """SAM ``leads`` and by more than ``DECIDES_STDS`` seed standard deviations (never with fewer than
+        two seeds of either)."""
+        if not self.leads or self.early_std is None:
             return False
-        return self.early_margin >= DECIDES_MIN - 1e-12 and self.early_margin > DECIDES_STDS * self.early_std
+        return self.early_margin > DECIDES_STDS * self.early_std  # type: ignore[operator]
 
 
 def early_accuracies(runs: Sequence[Run]) -> list[float] | None:

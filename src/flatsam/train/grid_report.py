@@ -114,8 +114,7 @@ class Standing:
 def leads(r: SettingResult) -> bool:
     """SAM's mean early-stopped accuracy beats SGD's by at least the rule's point, whatever the seeds'
     spread: the looser bar read after the fact, beside the rule, never instead of it."""
-    v = r.verdict
-    return v is not None and v.early_margin is not None and v.early_margin >= analysis.DECIDES_MIN - 1e-12
+    return r.verdict is not None and r.verdict.leads
 
 
 def standings(
