@@ -159,9 +159,9 @@ def test_the_looser_bar_counts_a_lead_of_a_point_whatever_the_seed_spread_and_is
         fabricate(bench / noisy / "runs", "sam", seed, 0.85, 0.83, 20.0)  # leads by 3: the bar is 6
     runs(bench, noisy, {"ausam-lowloss": (0.849, 0.829, 9.7)})  # kept there too
     results = {r.setting.name: r for r in grid_report.read_grid(bench)}
-    assert grid_report.leads(results[noisy]) and not results[noisy].decides
-    assert not grid_report.leads(results[FLAT])  # a 0.5-point lead counts under neither bar
-    looser = {s.name: s for s in grid_report.standings(list(results.values()), counts=grid_report.leads)}
+    assert results[noisy].leads and not results[noisy].decides
+    assert not results[FLAT].leads  # a 0.5-point lead counts under neither bar
+    looser = {s.name: s for s in grid_report.standings(list(results.values()), counts=lambda r: r.leads)}
     assert looser["ausam-lowloss"].kept == [HELD, TUNING, noisy] and looser["ausam-lowloss"].robust
     assert looser["ausam-halfrho"].pending == [noisy]  # no run there: never judged
     text = grid_report.write_grid_report(bench)["md"].read_text()

@@ -49,6 +49,12 @@ class SettingResult:
     def decides(self) -> bool:
         return self.verdict is not None and self.verdict.decides
 
+    @property
+    def leads(self) -> bool:
+        """SAM leads SGD early-stopped by the rule's point, whatever the seeds' spread: the looser bar read
+        after the fact, beside the rule, never instead of it."""
+        return self.verdict is not None and self.verdict.leads
+
 
 def read_setting(folder: Path, setting: grid.Setting) -> SettingResult:
     """``setting``'s runs under ``folder/runs`` (none yet is a result with every count 0)."""
@@ -109,12 +115,6 @@ class Standing:
     @property
     def robust(self) -> bool:
         return bool(self.kept) and not self.missed and not self.pending
-
-
-def leads(r: SettingResult) -> bool:
-    """SAM's mean early-stopped accuracy beats SGD's by at least the rule's point, whatever the seeds'
-    spread: the looser bar read after the fact, beside the rule, never instead of it."""
-    return r.verdict is not None and r.verdict.leads
 
 
 def standings(
@@ -214,14 +214,15 @@ def verdict_text(results: Sequence[SettingResult]) -> str:
         f"({sum(not r.setting.tuning for r in deciding)} held out)."
     )
     rows = standings(results)
-    final = referenced == len(results) and not any(s.pending for s in rows)
-    if referenced == len(results):
+    all_referenced = referenced == len(results)
+    final = all_referenced and not any(s.pending for s in rows)
+    if all_referenced:
         head += " Which settings decide is final" + (
             ", and so is the verdict." if final else "; the verdict waits for candidates' seeds."
         )
     robust = [s.name for s in rows if s.robust]
     if not any(s.kept or s.missed for s in rows):
-        if deciding or any(r.verdict is None for r in results):
+        if deciding or not all_referenced:
             return f"{head} No candidate can be judged yet.\n"
         return (
             f"{head} No setting decides: in none of them does SAM's early-stopped accuracy beat SGD's by "
@@ -446,8 +447,8 @@ def looser_bar_text(results: Sequence[SettingResult]) -> str:
     seed spread aside: a reading after the runs, labelled so ('' until a setting has its references)."""
     if all(r.verdict is None for r in results):
         return ""
-    chosen = [r.setting.name for r in results if leads(r)]
-    rows = standings(results, counts=leads)
+    chosen = [r.setting.name for r in results if r.leads]
+    rows = standings(results, counts=lambda r: r.leads)
     kept = [s.name for s in rows if s.robust]
     answer = (
         f"Kept in every one of them: {', '.join(kept)}." if kept else "No candidate keeps it in every one."
